@@ -1,0 +1,448 @@
+//! The serde-facing shape of a rule set, exactly as it is written in JSON.
+//!
+//! Every struct denies unknown fields, so a typo is an error rather than a silently ignored
+//! setting. Every field documents its unit and default. These types say nothing about whether
+//! references resolve: [`crate::validate`] checks that, and consumers only ever act on a rule
+//! set that passed it.
+//!
+//! Names (cluster names, routing keys, model ids, experiment ids, cell names, objective names)
+//! are 1 to 128 characters of `A-Z a-z 0-9 . _ : / -`, starting with a letter or digit, so a
+//! routing key is always a valid HTTP header value. Every JSON object in a rule set, including
+//! splits, cells and attribute maps, is read with duplicate keys rejected.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::unique_map::UniqueMap;
+
+/// A whole rule set: clusters and routes for the routers, models, experiments and objectives
+/// for Lightbulb, and the version the store assigned to it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSet {
+    /// Version assigned by the store on every accepted change (monotonic). A file written by
+    /// hand may leave it out (default `0`).
+    #[serde(default)]
+    pub version: u64,
+    /// Model serving clusters by name.
+    #[serde(default)]
+    pub clusters: UniqueMap<ClusterSpec>,
+    /// Routes by routing key (the value of the `x-routing-key` header).
+    #[serde(default)]
+    pub routes: UniqueMap<RouteSpec>,
+    /// Models by model id.
+    #[serde(default)]
+    pub models: UniqueMap<ModelSpec>,
+    /// A/B experiments by id.
+    #[serde(default)]
+    pub experiments: UniqueMap<ExperimentSpec>,
+    /// Objectives (business use cases) by name.
+    #[serde(default)]
+    pub objectives: UniqueMap<ObjectiveSpec>,
+}
+
+/// A set of interchangeable serving hosts for one model (a VIP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The hosts, as `"host:port"` strings or `{ "address": "host:port", "weight": N }`.
+    /// At least one.
+    #[schemars(length(min = 1))]
+    pub endpoints: Vec<EndpointSpec>,
+    /// Upstream protocol. Default `http1`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// How an endpoint is picked for each request. Default `round_robin`.
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// Request header whose value is hashed by `ring_hash` and `maglev` (required by those
+    /// policies, not allowed with the others). When a request lacks it, the pick is random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    /// Time allowed to open a TCP connection to an endpoint, in milliseconds, 1 to 60000.
+    /// Default 1000.
+    #[serde(default = "default_connect_timeout_ms")]
+    #[schemars(range(min = 1, max = 60_000))]
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending a request until the response headers arrive, in
+    /// milliseconds, 1 to 3600000; a route may override it. Default 30000.
+    #[serde(default = "default_request_timeout_ms")]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub request_timeout_ms: u64,
+}
+
+/// One serving host of a cluster.
+// `Deserialize` is written by hand (below) rather than derived with `untagged`, so that a
+// mistake inside the object form (an unknown field, a bad weight) is reported with its field
+// and path instead of as "data did not match any variant". `untagged` here still shapes
+// `Serialize` and the schema.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EndpointSpec {
+    /// `"host:port"` with weight 1.
+    Address(String),
+    /// An address with an explicit weight.
+    Weighted(WeightedEndpointSpec),
+}
+
+/// An endpoint with a weight, for `weighted_round_robin`, `ring_hash` and `maglev`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpointSpec {
+    /// `"host:port"`; the host is an IP address or a DNS name.
+    pub address: String,
+    /// Relative weight, 1 to 1000. Default 1.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1_000))]
+    pub weight: u32,
+}
+
+/// The protocol the router speaks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (h2c); required for gRPC upstreams.
+    Http2,
+    /// The same version the client used towards the router.
+    Auto,
+}
+
+/// Endpoint selection within a cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Each endpoint in turn, in proportion to its weight (smooth interleaving).
+    WeightedRoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// The less loaded of two endpoints drawn at random (power of two choices).
+    LeastRequest,
+    /// Consistent hashing of `hash_header` on a ring of virtual nodes.
+    RingHash,
+    /// Maglev consistent hashing of `hash_header`.
+    Maglev,
+}
+
+/// Where requests carrying one routing key go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// The primary cluster.
+    pub cluster: String,
+    /// Cluster used when no endpoint of the primary can be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Weighted split across clusters (weights 1 to 100, summing to 100). When present, each
+    /// request goes to one of these clusters, and `cluster` must be one of them.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::unique_map::unique_btree_opt"
+    )]
+    pub split: Option<BTreeMap<String, u32>>,
+    /// Overrides the cluster's `request_timeout_ms` for this route, in milliseconds, 1 to
+    /// 3600000. Default: the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A model that can serve requests, reached through a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The route (routing key) requests for this model are sent with.
+    pub routing_key: String,
+    /// Model version, echoed in the ObjectiveConfig. Default empty.
+    #[serde(default)]
+    pub version: String,
+    /// The input type the model expects (e.g. `"triton_v2"`, `"openai_chat"`). Default empty.
+    #[serde(default)]
+    pub input_type: String,
+    /// Parameters the client passes to the model, echoed in the ObjectiveConfig. Default empty.
+    #[serde(default, deserialize_with = "crate::unique_map::unique_btree")]
+    pub parameters: BTreeMap<String, String>,
+    /// Free-form metadata echoed in the ObjectiveConfig. Default empty.
+    #[serde(default, deserialize_with = "crate::unique_map::unique_btree")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// An A/B experiment: subjects are hashed with the salt into cells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Salt mixed into the allocation hash; not empty when given. Default: the experiment id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// Cells and their allocation percentages (each 1 to 100, summing to 100). At least one.
+    #[serde(deserialize_with = "crate::unique_map::unique_btree")]
+    pub cells: BTreeMap<String, u32>,
+}
+
+/// A business use case and the ordered rules that pick its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSpec {
+    /// Rules evaluated in order; the first that matches picks the model. Default none.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// The model used when no rule matches.
+    pub default: String,
+    /// Models that receive a sampled shadow copy of this objective's traffic. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowSpec>,
+    /// How long a client may cache a resolution, in milliseconds, 0 to 86400000 (0: do not
+    /// cache). Default 60000.
+    #[serde(default = "default_cache_ttl_ms")]
+    #[schemars(range(max = 86_400_000))]
+    pub cache_ttl_ms: u64,
+}
+
+/// One rule of an objective: a condition and a selection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// The condition; an empty one matches every request.
+    #[serde(default)]
+    pub when: MatchSpec,
+    /// The model selected. Exactly one of `model` and `split`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A weighted split of models (weights 1 to 100, summing to 100), sticky on the subject id.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::unique_map::unique_btree_opt"
+    )]
+    pub split: Option<BTreeMap<String, u32>>,
+}
+
+/// The condition of a rule; every present part must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// The request's tenant is one of these. Empty: any tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    /// The request's traffic class is this one. Absent: any class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_class: Option<TrafficClass>,
+    /// For each attribute, the request's value is one of the listed values (each list not
+    /// empty). Empty: any attributes.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::unique_map::unique_btree"
+    )]
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// The subject is allocated to `cell` of this experiment (both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The experiment cell required, with `experiment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<String>,
+}
+
+/// Live traffic from real users, or synthetic traffic (load tests, probes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficClass {
+    /// Real user traffic.
+    #[default]
+    Live,
+    /// Load tests, probes and other synthetic traffic.
+    Synthetic,
+}
+
+/// A shadow target of an objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// The shadow model.
+    pub model: String,
+    /// Share of requests mirrored to it, in percent (0 to 100, fractions allowed).
+    #[schemars(range(min = 0, max = 100))]
+    pub sample_percent: f64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+fn default_cache_ttl_ms() -> u64 {
+    60_000
+}
+
+impl Protocol {
+    /// The name used in JSON (`"http1"`, `"http2"`, `"auto"`), e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Auto => "auto",
+        }
+    }
+}
+
+impl LbPolicy {
+    /// The name used in JSON (`"round_robin"`, `"maglev"`, ...), e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbPolicy::RoundRobin => "round_robin",
+            LbPolicy::WeightedRoundRobin => "weighted_round_robin",
+            LbPolicy::Random => "random",
+            LbPolicy::LeastRequest => "least_request",
+            LbPolicy::RingHash => "ring_hash",
+            LbPolicy::Maglev => "maglev",
+        }
+    }
+
+    /// Whether the policy hashes a request header, and so needs `hash_header`.
+    pub fn uses_hash_header(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
+}
+
+impl TrafficClass {
+    /// The name used in JSON (`"live"`, `"synthetic"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficClass::Live => "live",
+            TrafficClass::Synthetic => "synthetic",
+        }
+    }
+}
+
+impl MatchSpec {
+    /// Whether the condition is empty, so that it matches every request.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+            && self.traffic_class.is_none()
+            && self.attributes.is_empty()
+            && self.experiment.is_none()
+            && self.cell.is_none()
+    }
+}
+
+impl EndpointSpec {
+    /// The `host:port` of this endpoint.
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointSpec::Address(a) => a,
+            EndpointSpec::Weighted(w) => &w.address,
+        }
+    }
+
+    /// The relative weight of this endpoint (1 when not given).
+    pub fn weight(&self) -> u32 {
+        match self {
+            EndpointSpec::Address(_) => 1,
+            EndpointSpec::Weighted(w) => w.weight,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EndpointSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EndpointVisitor;
+
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = EndpointSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"an endpoint: "host:port" or {"address": "host:port", "weight": N}"#)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(EndpointSpec::Address(v.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(EndpointSpec::Address(v))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                WeightedEndpointSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(EndpointSpec::Weighted)
+            }
+        }
+
+        deserializer.deserialize_any(EndpointVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_is_the_json_name() {
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::WeightedRoundRobin,
+            LbPolicy::Random,
+            LbPolicy::LeastRequest,
+            LbPolicy::RingHash,
+            LbPolicy::Maglev,
+        ] {
+            assert_eq!(serde_json::to_value(policy).unwrap(), policy.as_str());
+        }
+        for protocol in [Protocol::Http1, Protocol::Http2, Protocol::Auto] {
+            assert_eq!(serde_json::to_value(protocol).unwrap(), protocol.as_str());
+        }
+        for class in [TrafficClass::Live, TrafficClass::Synthetic] {
+            assert_eq!(serde_json::to_value(class).unwrap(), class.as_str());
+        }
+    }
+
+    #[test]
+    fn endpoint_reads_both_forms_and_writes_them_back() {
+        let endpoints: Vec<EndpointSpec> = serde_json::from_str(
+            r#"["127.0.0.1:19001", {"address": "127.0.0.1:19002", "weight": 5}, {"address": "127.0.0.1:19003"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            endpoints[0],
+            EndpointSpec::Address("127.0.0.1:19001".to_owned())
+        );
+        assert_eq!(
+            (endpoints[1].address(), endpoints[1].weight()),
+            ("127.0.0.1:19002", 5)
+        );
+        assert_eq!(
+            (endpoints[2].address(), endpoints[2].weight()),
+            ("127.0.0.1:19003", 1)
+        );
+        assert_eq!(
+            serde_json::to_string(&endpoints).unwrap(),
+            r#"["127.0.0.1:19001",{"address":"127.0.0.1:19002","weight":5},{"address":"127.0.0.1:19003","weight":1}]"#
+        );
+    }
+
+    #[test]
+    fn match_spec_is_empty_only_without_conditions() {
+        assert!(MatchSpec::default().is_empty());
+        let tenant = MatchSpec {
+            tenants: vec!["kids".to_owned()],
+            ..MatchSpec::default()
+        };
+        assert!(!tenant.is_empty());
+    }
+}

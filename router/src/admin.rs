@@ -1,0 +1,162 @@
+//! The admin API, on its own port: health, readiness, metrics, the config in use, a config
+//! push for standalone mode, and the clusters with their endpoints.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::state::{ApplyError, Shared};
+
+/// Largest rule set `PUT /config` accepts (a 100,000-route set is about 10 MiB).
+const MAX_CONFIG_BYTES: usize = 256 * 1024 * 1024;
+
+/// What the admin handlers need.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The router's shared state.
+    pub shared: Arc<Shared>,
+    /// Renders the Prometheus exposition.
+    pub metrics: PrometheusHandle,
+    /// When set, `PUT /config` requires `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
+}
+
+/// The admin routes.
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/config", get(get_config).put(put_config))
+        .route("/clusters", get(clusters))
+        .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
+        .with_state(admin)
+}
+
+async fn readyz(State(admin): State<Admin>) -> Response {
+    let table = admin.shared.table.load();
+    if admin.shared.ready.load(Ordering::Relaxed) {
+        (
+            StatusCode::OK,
+            Json(
+                json!({ "ready": true, "version": table.version, "generation": table.generation }),
+            ),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "version": table.version })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    crate::metrics::refresh_gauges();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn get_config(State(admin): State<Admin>) -> Response {
+    let table = admin.shared.table.load_full();
+    let mut resp = Json(json!({
+        "version": table.version,
+        "generation": table.generation,
+        "sha256": table.sha256,
+        "routes": table.len(),
+        "rule_set": &*table.rule_set,
+    }))
+    .into_response();
+    if let Ok(etag) = format!("\"{}\"", table.version).parse() {
+        resp.headers_mut().insert(header::ETAG, etag);
+    }
+    resp
+}
+
+async fn put_config(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(expected) = &admin.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(&**expected) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+                None,
+            );
+        }
+    }
+    let rule_set = match models_config::parse_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return invalid(e.issues()),
+    };
+    match admin.shared.apply(rule_set) {
+        Ok(table) => Json(json!({ "version": table.version, "generation": table.generation, "routes": table.len() })).into_response(),
+        Err(ApplyError::Invalid(errors)) => invalid(errors.0),
+        Err(e @ ApplyError::Build(_)) => error(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string(), None),
+    }
+}
+
+fn invalid(problems: Vec<models_config::Issue>) -> Response {
+    let message = format!(
+        "rule set rejected with {} problem(s); the current routes are kept",
+        problems.len()
+    );
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_config",
+        &message,
+        Some(problems),
+    )
+}
+
+fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    problems: Option<Vec<models_config::Issue>>,
+) -> Response {
+    let mut body = json!({ "error": { "code": code, "message": message } });
+    if let Some(p) = problems {
+        body["error"]["problems"] = json!(p);
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn clusters(State(admin): State<Admin>) -> Response {
+    let table = admin.shared.table.load_full();
+    let clusters: Vec<_> = table
+        .clusters()
+        .map(|c| {
+            json!({
+                "name": &*c.name,
+                "protocol": c.protocol,
+                "lb_policy": c.lb_policy,
+                "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+                "request_timeout_ms": c.request_timeout.as_millis() as u64,
+                "endpoints": c.endpoints.iter().map(|e| json!({
+                    "address": &*e.address,
+                    "weight": e.weight,
+                    "active_requests": e.active_requests(),
+                    "open_connections": e.pool.open_connections(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "version": table.version, "generation": table.generation, "clusters": clusters }))
+        .into_response()
+}

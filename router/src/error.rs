@@ -1,0 +1,178 @@
+//! Every way a request can fail in the router, and the one place each becomes a response.
+//!
+//! A [`ProxyError`] knows its HTTP status, its gRPC status, its stable `code` (used in the
+//! JSON body and as a metric label) and whose fault it is. Constructing one allocates
+//! nothing; the body is only formatted when the response is built.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS};
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something the router cannot route.
+    Downstream,
+    /// A model server failed or was unreachable.
+    Upstream,
+    /// The router itself refused (limits).
+    Internal,
+}
+
+/// A request the router answers itself instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The request has no routing-key header.
+    #[error("request has no routing key header")]
+    MissingRoutingKey,
+    /// The routing key names no route.
+    #[error("no route for this routing key")]
+    UnknownRoutingKey,
+    /// Every endpoint tried refused or timed out the connection.
+    #[error("could not connect to any endpoint of the cluster")]
+    UpstreamConnect,
+    /// The upstream broke the exchange after the request was sent.
+    #[error("the model server failed the request")]
+    UpstreamProtocol,
+    /// No response headers within the route's timeout.
+    #[error("the model server did not answer within the route timeout")]
+    UpstreamTimeout,
+    /// The cluster has no endpoint that may receive traffic.
+    #[error("no healthy endpoint in the cluster")]
+    NoHealthyUpstream,
+    /// A concurrency or rate limit was hit.
+    #[error("too many requests in flight")]
+    Overloaded,
+}
+
+impl ProxyError {
+    /// The HTTP status of the error response.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::MissingRoutingKey => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownRoutingKey => StatusCode::NOT_FOUND,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyUpstream | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The stable machine-readable code (JSON body, metric label, logs).
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ProxyError::MissingRoutingKey => "missing_routing_key",
+            ProxyError::UnknownRoutingKey => "unknown_routing_key",
+            ProxyError::UpstreamConnect => "upstream_connect_failed",
+            ProxyError::UpstreamProtocol => "upstream_error",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::Overloaded => "overloaded",
+        }
+    }
+
+    /// The gRPC status code used for gRPC requests.
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            ProxyError::MissingRoutingKey => 3, // INVALID_ARGUMENT
+            ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
+            ProxyError::UpstreamTimeout => 4,   // DEADLINE_EXCEEDED
+            ProxyError::Overloaded => 8,        // RESOURCE_EXHAUSTED
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamProtocol
+            | ProxyError::NoHealthyUpstream => 14, // UNAVAILABLE
+        }
+    }
+
+    /// Whose fault the failure is.
+    pub fn fault(self) -> Fault {
+        match self {
+            ProxyError::MissingRoutingKey | ProxyError::UnknownRoutingKey => Fault::Downstream,
+            ProxyError::Overloaded => Fault::Internal,
+            _ => Fault::Upstream,
+        }
+    }
+
+    /// Builds the response: a JSON error body, or for gRPC requests a trailers-only response
+    /// carrying `grpc-status` and `grpc-message`.
+    pub fn into_response<B: From<Bytes>>(
+        self,
+        routing_key: Option<&[u8]>,
+        grpc: bool,
+    ) -> Response<B> {
+        let mut resp = Response::new(B::from(Bytes::new()));
+        let headers = resp.headers_mut();
+        if grpc {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(
+                GRPC_STATUS,
+                HeaderValue::from(u16::from(self.grpc_status())),
+            );
+            // The Display text is plain ASCII without control characters.
+            headers.insert(
+                GRPC_MESSAGE,
+                HeaderValue::from_str(&format!("{}: {self}", self.as_label()))
+                    .expect("error messages are valid header values"),
+            );
+        } else {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let key = routing_key.map(String::from_utf8_lossy);
+            let body = serde_json::json!({
+                "error": {
+                    "code": self.as_label(),
+                    "message": self.to_string(),
+                    "routing_key": key,
+                }
+            });
+            *resp.body_mut() = B::from(Bytes::from(body.to_string()));
+            *resp.status_mut() = self.status();
+        }
+        if self == ProxyError::Overloaded {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn json_error_names_the_code_and_the_key() {
+        let resp: Response<Full<Bytes>> =
+            ProxyError::UnknownRoutingKey.into_response(Some(b"ranker-v9"), false);
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "unknown_routing_key");
+        assert_eq!(v["error"]["routing_key"], "ranker-v9");
+        assert!(v["error"]["message"].as_str().unwrap().contains("no route"));
+    }
+
+    #[test]
+    fn grpc_error_is_trailers_only() {
+        let resp: Response<Full<Bytes>> = ProxyError::UpstreamTimeout.into_response(None, true);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[GRPC_STATUS], "4");
+        assert!(
+            resp.headers()[GRPC_MESSAGE]
+                .to_str()
+                .unwrap()
+                .starts_with("upstream_timeout")
+        );
+    }
+
+    #[test]
+    fn overloaded_carries_retry_after() {
+        let resp: Response<Full<Bytes>> = ProxyError::Overloaded.into_response(None, false);
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
+    }
+}

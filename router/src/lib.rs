@@ -1,0 +1,305 @@
+//! The router: the data plane that maps the `x-routing-key` header to a model cluster and
+//! forwards the request untouched, its body streamed in both directions.
+//!
+//! The request path ([`proxy`]), in order:
+//!
+//! 1. [`server`] accepts a connection on one of the per-core workers (HTTP/1.1 or h2c);
+//! 2. [`proxy`] reads the routing key and takes a snapshot of the [`route::RouteTable`];
+//! 3. the [`route::Route`] picks a target cluster (split), its [`balance::Balancer`] an
+//!    endpoint;
+//! 4. [`headers`] rewrites the head (hop-by-hop out, `x-forwarded-for`, `x-request-id`);
+//! 5. [`upstream`] sends it on a pooled connection; connect failures retry once elsewhere,
+//!    then go to the fallback cluster;
+//! 6. the response streams back, or [`error`] answers with the router's own error.
+//!
+//! Control path: [`reload`] (file watch) and [`admin`] (`PUT /config`) build a new table
+//! from a validated rule set and swap it in whole ([`state::Shared::apply`]).
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+mod rng;
+pub mod route;
+pub mod server;
+pub mod signal;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::HeaderName;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use state::{ApplyError, Shared};
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The rule-set file is missing, unreadable or invalid.
+    #[error("config file {path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        #[source]
+        source: models_config::ConfigError,
+    },
+    /// The rule set is valid but could not be turned into a route table.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A flag has a value the router cannot use.
+    #[error("{0}")]
+    Flag(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread or runtime could not be created.
+    #[error("cannot start workers: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// A router with its sockets bound and its first route table built, ready to [`run`].
+///
+/// Binding is separate from running so callers (and tests) can learn the addresses when
+/// they asked for port 0.
+///
+/// [`run`]: Router::run
+#[derive(Debug)]
+pub struct Router {
+    config: Config,
+    shared: Arc<Shared>,
+    proxy_listeners: Vec<std::net::TcpListener>,
+    admin_listener: std::net::TcpListener,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics: PrometheusHandle,
+    admin_token: Option<Arc<str>>,
+}
+
+impl Router {
+    /// Loads and validates the rule set, builds the first route table and binds the proxy and
+    /// admin sockets.
+    ///
+    /// # Errors
+    ///
+    /// An invalid rule set (every problem listed), a bad flag, or an address in use.
+    pub fn bind(config: Config, metrics: PrometheusHandle) -> Result<Self, StartError> {
+        let routing_header = HeaderName::from_bytes(
+            config.routing_header.to_ascii_lowercase().as_bytes(),
+        )
+        .map_err(|_| {
+            StartError::Flag(format!(
+                "--routing-header: invalid header name {:?}",
+                config.routing_header
+            ))
+        })?;
+        let admin_token = match &config.admin_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path).map_err(|e| {
+                    StartError::Flag(format!("--admin-token-file {}: {e}", path.display()))
+                })?;
+                let token = token.trim();
+                if token.is_empty() {
+                    return Err(StartError::Flag(format!(
+                        "--admin-token-file {}: the file is empty",
+                        path.display()
+                    )));
+                }
+                Some(Arc::from(token))
+            }
+            None if !config.admin.ip().is_loopback() => {
+                return Err(StartError::Flag(format!(
+                    "--admin {}: a non-loopback admin address needs --admin-token-file",
+                    config.admin
+                )));
+            }
+            None => None,
+        };
+        let rule_set =
+            models_config::load(&config.config).map_err(|source| StartError::Config {
+                path: config.config.display().to_string(),
+                source,
+            })?;
+        let workers = config.worker_count();
+        let shared = Arc::new(Shared::new(
+            rule_set,
+            routing_header,
+            config.access_log,
+            workers,
+        )?);
+        let proxy_listeners =
+            server::bind_reuseport(config.listen, workers).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let proxy_addr = proxy_listeners[0].local_addr()?;
+        let admin_listener =
+            std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Bind {
+                addr: config.admin,
+                source,
+            })?;
+        admin_listener.set_nonblocking(true)?;
+        let admin_addr = admin_listener.local_addr()?;
+        Ok(Router {
+            config,
+            shared,
+            proxy_listeners,
+            admin_listener,
+            proxy_addr,
+            admin_addr,
+            metrics,
+            admin_token,
+        })
+    }
+
+    /// The address the proxy listens on.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The address the admin API listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, drains in-flight requests up
+    /// to the drain deadline, and returns. Blocks the calling thread, which runs the admin API
+    /// and the config watcher; the proxy runs on its own worker threads.
+    ///
+    /// # Errors
+    ///
+    /// When a worker thread or the control runtime cannot be started.
+    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Router {
+            config,
+            shared,
+            proxy_listeners,
+            admin_listener,
+            metrics,
+            admin_token,
+            ..
+        } = self;
+        let stop_proxy = CancellationToken::new();
+        let options = server::ServeOptions {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            drain_timeout: config.drain_timeout(),
+            max_connections: config.max_connections.div_ceil(proxy_listeners.len()),
+        };
+        let mut workers = Vec::with_capacity(proxy_listeners.len());
+        for (index, listener) in proxy_listeners.into_iter().enumerate() {
+            workers.push(server::spawn_worker(
+                index,
+                listener,
+                Arc::clone(&shared),
+                stop_proxy.clone(),
+                options,
+            )?);
+        }
+        let control = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        control.block_on(async move {
+            let stop_control = CancellationToken::new();
+            let watcher = tokio::spawn(reload::watch_file(
+                config.config.clone(),
+                config.watch_interval(),
+                Arc::clone(&shared),
+                stop_control.clone(),
+            ));
+            let upkeep = {
+                let metrics = metrics.clone();
+                let stop = stop_control.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tick.tick() => metrics.run_upkeep(),
+                        }
+                    }
+                })
+            };
+            let admin_app = admin::router(admin::Admin {
+                shared: Arc::clone(&shared),
+                metrics,
+                token: admin_token,
+            });
+            let admin_server = match tokio::net::TcpListener::from_std(admin_listener) {
+                Ok(listener) => {
+                    let stop = stop_control.clone();
+                    Some(tokio::spawn(async move {
+                        let served = axum::serve(listener, admin_app)
+                            .with_graceful_shutdown(async move { stop.cancelled().await })
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "admin server failed");
+                        }
+                    }))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register admin listener");
+                    None
+                }
+            };
+            shared.ready.store(true, Ordering::Relaxed);
+            shutdown.await;
+            tracing::info!("shutting down: not ready, no new connections, draining");
+            shared.ready.store(false, Ordering::Relaxed);
+            stop_proxy.cancel();
+            let joined = tokio::task::spawn_blocking(move || {
+                for w in workers {
+                    let _ = w.join();
+                }
+            })
+            .await;
+            if joined.is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+            stop_control.cancel();
+            let _ = watcher.await;
+            let _ = upkeep.await;
+            if let Some(admin) = admin_server {
+                let _ = admin.await;
+            }
+            tracing::info!("stopped");
+        });
+        Ok(())
+    }
+}
+
+/// Installs the Prometheus recorder as the process-wide metrics recorder and describes every
+/// metric. Call once, before [`Router::bind`].
+///
+/// # Errors
+///
+/// When a recorder is already installed.
+pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                metrics::REQUEST_DURATION_SECONDS.to_string(),
+            ),
+            metrics::DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
+    metrics::describe();
+    Ok(handle)
+}

@@ -1,0 +1,54 @@
+//! `router --config FILE [--listen ADDR] [--admin ADDR] [--workers N]`: see `router --help`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use router::{Config, Router, StartError};
+
+/// Exit status for a bad config or flag (sysexits `EX_USAGE`).
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let _log_guard = router::telemetry::init(config.log_format);
+    let metrics = match router::install_metrics() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("router: cannot install metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let router = match Router::bind(config, metrics) {
+        Ok(router) => router,
+        Err(e) => {
+            eprintln!("router: {e}");
+            if let StartError::Config { source, .. } = &e {
+                for issue in source.issues() {
+                    eprintln!("  {issue}");
+                }
+            }
+            return match e {
+                StartError::Config { .. } | StartError::Flag(_) | StartError::Apply(_) => {
+                    ExitCode::from(EX_USAGE)
+                }
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    println!(
+        "router listening proxy={} admin={}",
+        router.proxy_addr(),
+        router.admin_addr()
+    );
+    let _ = std::io::stdout().flush();
+    // The shutdown future is polled on the router's control runtime, which signal handlers
+    // need.
+    match router.run(router::signal::shutdown()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("router: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

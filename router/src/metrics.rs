@@ -1,0 +1,208 @@
+//! Metric names, their descriptions, and per-route handles.
+//!
+//! Handles for a (route, cluster) pair are registered the first time that pair serves a
+//! request, then reused: the hot path only does atomic increments. A 100,000-key table that
+//! serves ten keys registers ten sets of series, not a million.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::StatusCode;
+use metrics::{Counter, Histogram, Unit};
+
+/// Requests answered, by route, cluster and status code.
+pub const REQUESTS_TOTAL: &str = "router_requests_total";
+/// Time from receiving the request to sending the response headers.
+pub const REQUEST_DURATION_SECONDS: &str = "router_request_duration_seconds";
+/// Requests in flight.
+pub const ACTIVE_REQUESTS: &str = "router_active_requests";
+/// Connection attempts to an endpoint that failed (refused, reset, timed out).
+pub const UPSTREAM_CONNECT_FAILURES_TOTAL: &str = "router_upstream_connect_failures_total";
+/// Requests sent to another endpoint after a connect failure.
+pub const RETRIES_TOTAL: &str = "router_retries_total";
+/// Requests sent to a route's fallback cluster.
+pub const FALLBACKS_TOTAL: &str = "router_fallbacks_total";
+/// Version of the rule set in use (assigned by the store).
+pub const CONFIG_VERSION: &str = "router_config_version";
+/// Local generation of the route table in use.
+pub const CONFIG_GENERATION: &str = "router_config_generation";
+/// Routes in the table in use.
+pub const ROUTES: &str = "router_routes";
+/// Config reload attempts by result (`ok`, `error`).
+pub const CONFIG_RELOADS_TOTAL: &str = "router_config_reloads_total";
+
+/// Histogram buckets for request durations, in seconds.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Label used for requests whose routing key matched no route.
+pub const UNKNOWN_ROUTE: &str = "unknown";
+/// Label used for the cluster of requests that reached none.
+pub const NO_CLUSTER: &str = "none";
+
+static ACTIVE: AtomicI64 = AtomicI64::new(0);
+
+/// Status codes with a preregistered counter slot; others are looked up per request.
+const STATUS_SLOTS: [u16; 16] = [
+    200, 201, 204, 206, 304, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504, 499,
+];
+
+/// Describes every metric once, at startup.
+pub fn describe() {
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route, cluster and status code"
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from receiving a request to sending its response headers"
+    );
+    metrics::describe_gauge!(ACTIVE_REQUESTS, "Requests in flight");
+    metrics::describe_counter!(
+        UPSTREAM_CONNECT_FAILURES_TOTAL,
+        "Failed connection attempts to endpoints"
+    );
+    metrics::describe_counter!(
+        RETRIES_TOTAL,
+        "Requests retried on another endpoint after a connect failure"
+    );
+    metrics::describe_counter!(
+        FALLBACKS_TOTAL,
+        "Requests sent to a route's fallback cluster"
+    );
+    metrics::describe_gauge!(CONFIG_VERSION, "Version of the rule set in use");
+    metrics::describe_gauge!(
+        CONFIG_GENERATION,
+        "Local generation of the route table in use"
+    );
+    metrics::describe_gauge!(ROUTES, "Routes in the table in use");
+    metrics::describe_counter!(CONFIG_RELOADS_TOTAL, "Config reload attempts by result");
+}
+
+/// Publishes gauges that are kept as plain atomics on the hot path; called before a scrape.
+pub fn refresh_gauges() {
+    metrics::gauge!(ACTIVE_REQUESTS).set(ACTIVE.load(Ordering::Relaxed) as f64);
+}
+
+/// Counts one request in flight until dropped.
+#[derive(Debug)]
+pub struct ActiveRequest(());
+
+impl ActiveRequest {
+    /// Starts counting.
+    pub fn start() -> Self {
+        ACTIVE.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The metric handles of one (route, cluster) pair, registered on first use.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    cluster: Arc<str>,
+    handles: OnceLock<Box<Handles>>,
+}
+
+#[derive(Debug)]
+struct Handles {
+    duration: Histogram,
+    by_status: [OnceLock<Counter>; STATUS_SLOTS.len()],
+    connect_failures: Counter,
+    retries: Counter,
+    fallbacks: Counter,
+}
+
+impl RouteMetrics {
+    /// Handles for `route` served by `cluster` (nothing is registered yet).
+    pub fn new(route: Arc<str>, cluster: Arc<str>) -> Self {
+        RouteMetrics {
+            route,
+            cluster,
+            handles: OnceLock::new(),
+        }
+    }
+
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let labels = [
+                ("route", self.route.to_string()),
+                ("cluster", self.cluster.to_string()),
+            ];
+            Box::new(Handles {
+                duration: metrics::histogram!(REQUEST_DURATION_SECONDS, &labels),
+                by_status: Default::default(),
+                connect_failures: metrics::counter!(UPSTREAM_CONNECT_FAILURES_TOTAL, "cluster" => self.cluster.to_string()),
+                retries: metrics::counter!(RETRIES_TOTAL, "cluster" => self.cluster.to_string()),
+                fallbacks: metrics::counter!(FALLBACKS_TOTAL, &labels),
+            })
+        })
+    }
+
+    /// Records one answered request.
+    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+        let h = self.handles();
+        h.duration.record(elapsed.as_secs_f64());
+        match STATUS_SLOTS.iter().position(|&s| s == status.as_u16()) {
+            Some(i) => h.by_status[i]
+                .get_or_init(|| status_counter(&self.route, &self.cluster, status))
+                .increment(1),
+            None => status_counter(&self.route, &self.cluster, status).increment(1),
+        }
+    }
+
+    /// Records a failed connection attempt to an endpoint of this pair's cluster.
+    pub fn connect_failed(&self) {
+        self.handles().connect_failures.increment(1);
+    }
+
+    /// Records a retry on another endpoint.
+    pub fn retried(&self) {
+        self.handles().retries.increment(1);
+    }
+
+    /// Records a request sent to this (fallback) pair.
+    pub fn fell_back(&self) {
+        self.handles().fallbacks.increment(1);
+    }
+}
+
+fn status_counter(route: &str, cluster: &str, status: StatusCode) -> Counter {
+    metrics::counter!(
+        REQUESTS_TOTAL,
+        "route" => route.to_string(),
+        "cluster" => cluster.to_string(),
+        "status" => status.as_str().to_string()
+    )
+}
+
+/// Records a request that matched no route (or carried no key).
+pub fn record_unrouted(status: StatusCode, elapsed: Duration) {
+    static UNROUTED: OnceLock<RouteMetrics> = OnceLock::new();
+    UNROUTED
+        .get_or_init(|| RouteMetrics::new(Arc::from(UNKNOWN_ROUTE), Arc::from(NO_CLUSTER)))
+        .record(status, elapsed);
+}
+
+/// Records the outcome of a config reload and, on success, the table now in use.
+pub fn record_reload(ok: bool) {
+    metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
+
+/// Publishes the version, generation and size of the table now in use.
+pub fn record_table(version: u64, generation: u64, routes: usize) {
+    metrics::gauge!(CONFIG_VERSION).set(version as f64);
+    metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
+    metrics::gauge!(ROUTES).set(routes as f64);
+}

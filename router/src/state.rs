@@ -1,0 +1,118 @@
+//! State shared by every worker, the admin API and the reloader.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use models_config::spec::RuleSet;
+use sha2::{Digest, Sha256};
+
+use crate::metrics;
+use crate::route::RouteTable;
+
+/// What every part of the router reads: the current route table and fixed settings.
+#[derive(Debug)]
+pub struct Shared {
+    /// The route table in use. Requests take a snapshot; the reloader swaps it whole.
+    pub table: ArcSwap<RouteTable>,
+    /// The header carrying the routing key.
+    pub routing_header: HeaderName,
+    /// Whether one access-log line is emitted per request (target `access`).
+    pub access_log: bool,
+    /// Proxy worker threads (one pool slot each).
+    pub workers: usize,
+    /// False while starting and once draining; `/readyz` answers 503 then.
+    pub ready: AtomicBool,
+    generation: AtomicU64,
+    /// Serialises table builds so two appliers cannot interleave generations.
+    apply_lock: Mutex<()>,
+}
+
+/// Why a rule set was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// It failed validation; every problem is listed.
+    #[error("invalid rule set:\n{0}")]
+    Invalid(models_config::ValidationErrors),
+    /// It was valid but a table could not be built from it.
+    #[error("rule set cannot be applied: {0}")]
+    Build(String),
+}
+
+impl Shared {
+    /// Validates `rule_set` and builds the first table from it.
+    ///
+    /// # Errors
+    ///
+    /// When validation or the table build fails.
+    pub fn new(
+        rule_set: RuleSet,
+        routing_header: HeaderName,
+        access_log: bool,
+        workers: usize,
+    ) -> Result<Self, ApplyError> {
+        let table = build(rule_set, None, workers, 1)?;
+        metrics::record_table(table.version, table.generation, table.len());
+        Ok(Shared {
+            table: ArcSwap::from_pointee(table),
+            routing_header,
+            access_log,
+            workers,
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(1),
+            apply_lock: Mutex::new(()),
+        })
+    }
+
+    /// Validates `rule_set`, builds a table from it and swaps it in atomically. Requests in
+    /// flight finish on the table they started with. On error the current table stays.
+    ///
+    /// # Errors
+    ///
+    /// When validation or the table build fails.
+    pub fn apply(&self, rule_set: RuleSet) -> Result<Arc<RouteTable>, ApplyError> {
+        let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.table.load_full();
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let result = build(rule_set, Some(&current), self.workers, generation);
+        metrics::record_reload(result.is_ok());
+        let table = Arc::new(result?);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.table.store(Arc::clone(&table));
+        metrics::record_table(table.version, table.generation, table.len());
+        tracing::info!(
+            version = table.version,
+            generation,
+            routes = table.len(),
+            "route table applied"
+        );
+        Ok(table)
+    }
+}
+
+fn build(
+    rule_set: RuleSet,
+    previous: Option<&RouteTable>,
+    workers: usize,
+    generation: u64,
+) -> Result<RouteTable, ApplyError> {
+    let warnings = models_config::validate(&rule_set).map_err(ApplyError::Invalid)?;
+    for w in &warnings {
+        tracing::warn!(path = %w.path, "{}", w.message);
+    }
+    let canonical = serde_json::to_vec(&rule_set).map_err(|e| ApplyError::Build(e.to_string()))?;
+    let sha256 = hex(&Sha256::digest(&canonical));
+    RouteTable::build(Arc::new(rule_set), previous, workers, generation, sha256)
+        .map_err(ApplyError::Build)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 0xf) as usize] as char);
+    }
+    s
+}

@@ -1,0 +1,235 @@
+//! Connections to model servers: a pool per endpoint and per worker, HTTP/1.1 or h2c.
+//!
+//! Each worker thread runs its own single-threaded runtime and owns its slot of every pool,
+//! so a checkout touches a mutex that no other thread ever contends. HTTP/1.1 keeps a list
+//! of connections and reuses the first one that is idle; h2c keeps one multiplexed
+//! connection. Pools are keyed by address and carried over from one route table to the
+//! next, so a config swap neither drops nor re-opens connections.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+/// Most idle-or-busy HTTP/1.1 connections a worker keeps per endpoint; beyond it a
+/// connection serves its request and closes.
+const MAX_H1_CONNECTIONS_PER_WORKER: usize = 512;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as proxy worker `index` (selects its slot in every pool).
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// How a request failed upstream, and whether it can be tried elsewhere.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened: nothing was sent, and the request comes back so it
+    /// can go to another endpoint.
+    Connect(io::Error, Box<Request<Incoming>>),
+    /// The exchange failed after the request was handed to a connection.
+    Exchange(hyper::Error),
+}
+
+/// The connections of one endpoint, one slot per worker.
+#[derive(Debug)]
+pub struct Pool {
+    address: std::sync::Arc<str>,
+    socket: Option<SocketAddr>,
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    h1: Vec<http1::SendRequest<Incoming>>,
+    h2: Option<http2::SendRequest<Incoming>>,
+}
+
+impl Pool {
+    /// An empty pool for `address` (`host:port`) with one slot per worker.
+    pub fn new(address: std::sync::Arc<str>, workers: usize) -> Self {
+        let socket = address.parse().ok();
+        let slots = (0..workers.max(1)).map(|_| Mutex::default()).collect();
+        Pool {
+            address,
+            socket,
+            slots,
+        }
+    }
+
+    /// The address this pool connects to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Number of open connections across workers (HTTP/1.1 ones plus h2 ones).
+    pub fn open_connections(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.h1.iter().filter(|c| !c.is_closed()).count()
+                    + usize::from(s.h2.as_ref().is_some_and(|c| !c.is_closed()))
+            })
+            .sum()
+    }
+
+    fn slot(&self) -> &Mutex<Slot> {
+        let index = WORKER.with(Cell::get);
+        &self.slots[index % self.slots.len()]
+    }
+
+    /// Sends `req` over HTTP/1.1 (origin-form URI, `Host` set), reusing an idle connection
+    /// when there is one.
+    pub async fn send_http1(
+        &self,
+        req: Request<Incoming>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut req = req;
+        if let Some(mut conn) = self.checkout_h1() {
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    self.checkin_h1(conn);
+                    return Ok(resp);
+                }
+                Err(mut err) => match err.take_message() {
+                    // The connection closed before taking the request: open a fresh one.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Exchange(err.into_error())),
+                },
+            }
+        }
+        let io = match self.connect(connect_timeout).await {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        let (mut conn, driver) = match http1::Builder::new().handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => return Err(SendError::Exchange(e)),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "upstream http1 connection ended");
+            }
+        });
+        match conn.try_send_request(req).await {
+            Ok(resp) => {
+                self.checkin_h1(conn);
+                Ok(resp)
+            }
+            Err(mut err) => match err.take_message() {
+                Some(back) => Err(SendError::Connect(
+                    io::Error::new(io::ErrorKind::ConnectionReset, err.into_error()),
+                    Box::new(back),
+                )),
+                None => Err(SendError::Exchange(err.into_error())),
+            },
+        }
+    }
+
+    /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection.
+    pub async fn send_http2(
+        &self,
+        req: Request<Incoming>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut req = req;
+        let existing = {
+            let slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+            slot.h2.as_ref().filter(|c| !c.is_closed()).cloned()
+        };
+        if let Some(mut conn) = existing {
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut err) => match err.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(SendError::Exchange(err.into_error())),
+                },
+            }
+        }
+        let io = match self.connect(connect_timeout).await {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        let (conn, driver) = match http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(io)
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => return Err(SendError::Exchange(e)),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        self.slot().lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(conn.clone());
+        let mut conn = conn;
+        match conn.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut err) => match err.take_message() {
+                Some(back) => Err(SendError::Connect(
+                    io::Error::new(io::ErrorKind::ConnectionReset, err.into_error()),
+                    Box::new(back),
+                )),
+                None => Err(SendError::Exchange(err.into_error())),
+            },
+        }
+    }
+
+    /// Takes an idle HTTP/1.1 connection out of this worker's slot, dropping closed ones and
+    /// leaving busy ones (still streaming a response) in place.
+    fn checkout_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        let conns = &mut slot.h1;
+        let mut i = conns.len();
+        while i > 0 {
+            i -= 1;
+            if conns[i].is_closed() {
+                conns.swap_remove(i);
+            } else if conns[i].is_ready() {
+                return Some(conns.swap_remove(i));
+            }
+        }
+        None
+    }
+
+    fn checkin_h1(&self, conn: http1::SendRequest<Incoming>) {
+        let mut slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
+        if slot.h1.len() < MAX_H1_CONNECTIONS_PER_WORKER {
+            slot.h1.push(conn);
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> io::Result<TokioIo<TcpStream>> {
+        let connect = async {
+            let stream = match self.socket {
+                Some(addr) => TcpStream::connect(addr).await?,
+                None => TcpStream::connect(&*self.address).await?,
+            };
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {} timed out after {timeout:?}", self.address),
+            )),
+        }
+    }
+}
