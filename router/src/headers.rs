@@ -78,12 +78,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
 /// value, per the de-facto convention).
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut buf = BytesMut::with_capacity(64);
-    if let Some(existing) = headers.get(&X_FORWARDED_FOR) {
+    // A list may arrive split over several header lines; they are one list, in order.
+    for existing in headers.get_all(&X_FORWARDED_FOR) {
         buf.put_slice(existing.as_bytes());
         buf.put_slice(b", ");
     }
     let _ = write!(ByteWriter(&mut buf), "{client}");
-    // An IP address and an existing valid value joined by ", " is always a valid value.
+    // Valid values and an IP address joined by ", " always form a valid value.
     if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -185,6 +186,17 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
         append_forwarded_for(&mut h, "::1".parse().unwrap());
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, ::1");
+    }
+
+    #[test]
+    fn forwarded_for_split_over_lines_keeps_every_hop() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
     }
 
     #[test]

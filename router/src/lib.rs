@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
@@ -92,6 +93,8 @@ pub struct Router {
     admin_addr: SocketAddr,
     metrics: PrometheusHandle,
     admin_token: Option<Arc<str>>,
+    /// Runs the admin API, the config watcher and the shutdown signal.
+    control: tokio::runtime::Runtime,
 }
 
 impl Router {
@@ -158,6 +161,9 @@ impl Router {
             })?;
         admin_listener.set_nonblocking(true)?;
         let admin_addr = admin_listener.local_addr()?;
+        let control = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         Ok(Router {
             config,
             shared,
@@ -167,7 +173,14 @@ impl Router {
             admin_addr,
             metrics,
             admin_token,
+            control,
         })
+    }
+
+    /// Enters the control runtime, where [`Router::run`]'s shutdown future is polled: signal
+    /// handlers for it must be installed inside this context.
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.control.enter()
     }
 
     /// The address the proxy listens on.
@@ -195,6 +208,7 @@ impl Router {
             admin_listener,
             metrics,
             admin_token,
+            control,
             ..
         } = self;
         let stop_proxy = CancellationToken::new();
@@ -213,9 +227,6 @@ impl Router {
                 options,
             )?);
         }
-        let control = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         control.block_on(async move {
             let stop_control = CancellationToken::new();
             let watcher = tokio::spawn(reload::watch_file(

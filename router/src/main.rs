@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use router::signal::Shutdown;
 use router::{Config, Router, StartError};
 
 /// Exit status for a bad config or flag (sysexits `EX_USAGE`).
@@ -36,15 +37,24 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Handlers first: a SIGTERM right after the line below must drain, not kill.
+    let shutdown = {
+        let _runtime = router.enter();
+        match Shutdown::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("router: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     println!(
         "router listening proxy={} admin={}",
         router.proxy_addr(),
         router.admin_addr()
     );
     let _ = std::io::stdout().flush();
-    // The shutdown future is polled on the router's control runtime, which signal handlers
-    // need.
-    match router.run(router::signal::shutdown()) {
+    match router.run(shutdown.wait()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("router: {e}");

@@ -15,23 +15,22 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
+use http::header::{CONNECTION, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use models_config::spec::Protocol;
 
+use crate::body::{InFlight, RequestBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::metrics::{self, ActiveRequest};
-use crate::route::{Endpoint, Route, RouteTarget};
+use crate::route::{Route, RouteTarget};
 use crate::state::Shared;
 use crate::upstream::SendError;
 
@@ -78,18 +77,14 @@ pub async fn handle(
     // 1–2: key and route. The snapshot guard lives only inside this block.
     let route: Arc<Route> = {
         let Some(key) = req.headers().get(&shared.routing_header) else {
-            return unrouted(ProxyError::MissingRoutingKey, None, grpc, start);
+            return unrouted(ProxyError::MissingRoutingKey, None, &req, grpc, start);
         };
         let table = shared.table.load();
         match table.route(key.as_bytes()) {
             Some(route) => Arc::clone(route),
             None => {
-                return unrouted(
-                    ProxyError::UnknownRoutingKey,
-                    Some(key.as_bytes()),
-                    grpc,
-                    start,
-                );
+                let key = Some(key.as_bytes());
+                return unrouted(ProxyError::UnknownRoutingKey, key, &req, grpc, start);
             }
         }
     };
@@ -100,18 +95,22 @@ pub async fn handle(
     headers::strip_hop_by_hop(&mut parts.headers, true);
     headers::append_forwarded_for(&mut parts.headers, remote.ip());
     headers::ensure_request_id(&mut parts.headers);
+    let (body, upload_done) = RequestBody::new(body);
     let req = Request::from_parts(parts, body);
     let target = route.pick_target();
 
-    // 5: forward, bounded by the route timeout (connect attempts and fallback included).
-    let outcome = tokio::time::timeout(
-        route.timeout,
-        forward(&route, target, req, downstream_version),
-    )
-    .await;
-    let (served_by, result) = match outcome {
-        Ok((served_by, result)) => (served_by, result),
-        Err(_elapsed) => (target, Err(ProxyError::UpstreamTimeout)),
+    // 5: forward. The route timeout covers connect attempts, fallback and the wait for
+    // response headers, and starts once the request body has been read: a client still
+    // uploading is not a slow model server.
+    let deadline = async {
+        if let Some(done) = upload_done {
+            let _ = done.await;
+        }
+        tokio::time::sleep(route.timeout).await;
+    };
+    let (served_by, result, body_complete) = tokio::select! {
+        forwarded = forward(&route, target, req, downstream_version) => forwarded,
+        () = deadline => (target, Err(ProxyError::UpstreamTimeout), false),
     };
 
     // 6: respond.
@@ -122,8 +121,9 @@ pub async fn handle(
         }
         Err(err) => {
             tracing::debug!(route = %route.key, cluster = %served_by.cluster.name, error = %err, code = err.as_label(), "request failed");
-            err.into_response(Some(route.key.as_bytes()), grpc)
-                .map(Either::Right)
+            let mut resp = err.into_response(Some(route.key.as_bytes()), grpc);
+            close_if_body_unread(&mut resp, downstream_version, body_complete);
+            resp.map(Either::Right)
         }
     };
     let elapsed = start.elapsed();
@@ -144,43 +144,67 @@ pub async fn handle(
 fn unrouted(
     err: ProxyError,
     key: Option<&[u8]>,
+    req: &Request<Incoming>,
     grpc: bool,
     start: Instant,
 ) -> Response<ProxyBody> {
-    let resp: Response<ProxyBody> = err.into_response(key, grpc).map(Either::Right);
+    let mut resp = err.into_response(key, grpc);
+    close_if_body_unread(&mut resp, req.version(), req.body().is_end_stream());
     metrics::record_unrouted(resp.status(), start.elapsed());
-    resp
+    resp.map(Either::Right)
+}
+
+/// An HTTP/1.1 answer sent before the request body was read whole ends the connection:
+/// the unread rest would otherwise be taken for the next request.
+fn close_if_body_unread<B>(resp: &mut Response<B>, version: Version, body_complete: bool) {
+    if !body_complete && version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// Sends the request to `target`, then to the route's fallback when no endpoint of the
-/// target could be connected to. Returns the target that answered (for metrics).
+/// target could be connected to. Returns the target that answered (for metrics) and whether
+/// the request body had been read whole.
 async fn forward<'r>(
     route: &'r Route,
     target: &'r RouteTarget,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     downstream_version: Version,
-) -> (&'r RouteTarget, Result<Response<UpstreamBody>, ProxyError>) {
+) -> (
+    &'r RouteTarget,
+    Result<Response<UpstreamBody>, ProxyError>,
+    bool,
+) {
     let req = match send_to_cluster(target, req, downstream_version).await {
-        Ok(resp) => return (target, Ok(resp)),
-        Err(Failure::Answered(err)) => return (target, Err(err)),
+        Ok(resp) => return (target, Ok(resp), true),
+        Err(Failure::Answered(err)) => return (target, Err(err), false),
         Err(Failure::Unreachable(req)) => req,
     };
     match &route.fallback {
         Some(fallback) => {
             fallback.metrics.fell_back();
             match send_to_cluster(fallback, *req, downstream_version).await {
-                Ok(resp) => (fallback, Ok(resp)),
-                Err(Failure::Answered(err)) => (fallback, Err(err)),
-                Err(Failure::Unreachable(_)) => (fallback, Err(ProxyError::UpstreamConnect)),
+                Ok(resp) => (fallback, Ok(resp), true),
+                Err(Failure::Answered(err)) => (fallback, Err(err), false),
+                Err(Failure::Unreachable(req)) => (
+                    fallback,
+                    Err(ProxyError::UpstreamConnect),
+                    req.body().is_complete(),
+                ),
             }
         }
-        None => (target, Err(ProxyError::UpstreamConnect)),
+        None => (
+            target,
+            Err(ProxyError::UpstreamConnect),
+            req.body().is_complete(),
+        ),
     }
 }
 
 enum Failure {
     /// Nothing was sent anywhere; the request can still go elsewhere.
-    Unreachable(Box<Request<Incoming>>),
+    Unreachable(Box<Request<RequestBody>>),
     /// The request was consumed; this is the answer.
     Answered(ProxyError),
 }
@@ -188,7 +212,7 @@ enum Failure {
 /// Up to two connection attempts on two different endpoints of a cluster.
 async fn send_to_cluster(
     target: &RouteTarget,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     downstream_version: Version,
 ) -> Result<Response<UpstreamBody>, Failure> {
     let cluster = &target.cluster;
@@ -201,7 +225,7 @@ async fn send_to_cluster(
             cluster.endpoints[i].active_requests()
         });
         let endpoint = &cluster.endpoints[i];
-        let guard = InFlight::start(endpoint);
+        let in_flight = InFlight::start(endpoint);
         let use_h2 = match cluster.protocol {
             Protocol::Http1 => false,
             Protocol::Http2 => true,
@@ -214,12 +238,7 @@ async fn send_to_cluster(
             endpoint.pool.send_http1(req, cluster.connect_timeout).await
         };
         match sent {
-            Ok(resp) => {
-                return Ok(resp.map(|inner| UpstreamBody {
-                    inner,
-                    _in_flight: guard,
-                }));
-            }
+            Ok(resp) => return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight))),
             Err(SendError::Exchange(e)) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream exchange failed");
                 return Err(Failure::Answered(ProxyError::UpstreamProtocol));
@@ -241,7 +260,7 @@ async fn send_to_cluster(
 /// Puts the URI (and `Host`) in the form the upstream protocol wants: origin-form plus a
 /// `Host` header for HTTP/1.1, absolute-form (`:scheme` and `:authority`) for HTTP/2. The
 /// client's own authority is kept when it sent one; every part is a cheap `Bytes` clone.
-fn prepare_uri(req: &mut Request<Incoming>, endpoint: &http::uri::Authority, h2: bool) {
+fn prepare_uri(req: &mut Request<RequestBody>, endpoint: &Authority, h2: bool) {
     let path = req
         .uri()
         .path_and_query()
@@ -250,7 +269,7 @@ fn prepare_uri(req: &mut Request<Incoming>, endpoint: &http::uri::Authority, h2:
     let client_authority = req.uri().authority().cloned().or_else(|| {
         req.headers()
             .get(HOST)
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
     });
     if h2 {
         let mut parts = http::uri::Parts::default();
@@ -270,54 +289,5 @@ fn prepare_uri(req: &mut Request<Incoming>, endpoint: &http::uri::Authority, h2:
         }
         *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
-    }
-}
-
-/// Counts a request against its endpoint (least request, `GET /clusters`) until the
-/// response body ends or is dropped.
-#[derive(Debug)]
-struct InFlight(Arc<Endpoint>);
-
-impl InFlight {
-    fn start(endpoint: &Arc<Endpoint>) -> Self {
-        endpoint.active.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(endpoint))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream response body passed through frame by frame, holding the endpoint's
-    /// in-flight count until it ends.
-    #[derive(Debug)]
-    pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
-        _in_flight: InFlight,
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -1,19 +1,35 @@
 //! The shutdown signal: SIGTERM or SIGINT, whichever comes first.
 
-use tokio::signal::unix::{SignalKind, signal};
+use std::io;
 
-/// Completes when the process receives SIGTERM or SIGINT, logging which one.
-///
-/// # Panics
-///
-/// When the signal handlers cannot be installed (only possible outside a Tokio runtime).
-pub async fn shutdown() {
-    let mut term = signal(SignalKind::terminate())
-        .expect("installing a SIGTERM handler inside a runtime succeeds");
-    let mut int = signal(SignalKind::interrupt())
-        .expect("installing a SIGINT handler inside a runtime succeeds");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// Installed SIGTERM and SIGINT handlers. Install them before announcing readiness, so a
+/// signal that arrives right after start-up drains instead of killing the process.
+#[derive(Debug)]
+pub struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers. Must run inside the runtime that will await [`Shutdown::wait`].
+    ///
+    /// # Errors
+    ///
+    /// When the handlers cannot be registered.
+    pub fn install() -> io::Result<Self> {
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Completes when the process receives SIGTERM or SIGINT, logging which one.
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("received SIGTERM"),
+            _ = self.int.recv() => tracing::info!("received SIGINT"),
+        }
     }
 }

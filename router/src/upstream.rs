@@ -18,6 +18,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::body::RequestBody;
+
 /// Most idle-or-busy HTTP/1.1 connections a worker keeps per endpoint; beyond it a
 /// connection serves its request and closes.
 const MAX_H1_CONNECTIONS_PER_WORKER: usize = 512;
@@ -36,7 +38,7 @@ pub fn set_worker_index(index: usize) {
 pub enum SendError {
     /// No connection could be opened: nothing was sent, and the request comes back so it
     /// can go to another endpoint.
-    Connect(io::Error, Box<Request<Incoming>>),
+    Connect(io::Error, Box<Request<RequestBody>>),
     /// The exchange failed after the request was handed to a connection.
     Exchange(hyper::Error),
 }
@@ -51,8 +53,8 @@ pub struct Pool {
 
 #[derive(Debug, Default)]
 struct Slot {
-    h1: Vec<http1::SendRequest<Incoming>>,
-    h2: Option<http2::SendRequest<Incoming>>,
+    h1: Vec<http1::SendRequest<RequestBody>>,
+    h2: Option<http2::SendRequest<RequestBody>>,
 }
 
 impl Pool {
@@ -93,7 +95,7 @@ impl Pool {
     /// when there is one.
     pub async fn send_http1(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
         let mut req = req;
@@ -141,7 +143,7 @@ impl Pool {
     /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection.
     pub async fn send_http2(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
         let mut req = req;
@@ -193,7 +195,7 @@ impl Pool {
 
     /// Takes an idle HTTP/1.1 connection out of this worker's slot, dropping closed ones and
     /// leaving busy ones (still streaming a response) in place.
-    fn checkout_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         let conns = &mut slot.h1;
         let mut i = conns.len();
@@ -208,7 +210,7 @@ impl Pool {
         None
     }
 
-    fn checkin_h1(&self, conn: http1::SendRequest<Incoming>) {
+    fn checkin_h1(&self, conn: http1::SendRequest<RequestBody>) {
         let mut slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
         if slot.h1.len() < MAX_H1_CONNECTIONS_PER_WORKER {
             slot.h1.push(conn);

@@ -1,0 +1,136 @@
+//! Test support for the cross-component integration tests.
+//!
+//! Everything here is in-process and binds `127.0.0.1:0`, so tests run in parallel and never
+//! collide on ports:
+//!
+//! - [`fake_model`]: an HTTP/1.1 + h2c upstream whose behaviour is picked by the request path
+//!   (`/echo`, `/headers`, `/sha256`, `/download`, `/sse`, `/hang`, `/status/{code}`, and a
+//!   default that answers with the server's name).
+//! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors).
+//! - [`router`]: spawns the real `router` binary on a rule set in a temp dir and talks to its
+//!   admin API.
+//! - [`client`]: small hyper client helpers (HTTP/1.1 and h2c, streaming bodies).
+//! - [`pattern`]: deterministic pseudo-random bytes, so large bodies are compared by hash
+//!   without holding them in memory.
+//!
+//! The waiting helpers ([`wait_until`], [`within`]) wait for an *observable condition* with a
+//! deadline that only exists to turn a hang into a readable failure; no test sleeps to
+//! synchronise and no test asserts on timing.
+
+pub mod client;
+pub mod fake_grpc;
+pub mod fake_model;
+pub mod pattern;
+pub mod router;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use client::{Collected, HttpClient};
+pub use fake_grpc::{FakeGrpc, GrpcListening};
+pub use fake_model::{FakeModel, Listening, SeenRequest};
+pub use router::RouterProcess;
+
+/// The boxed error used by the body types of the helpers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The deadline used by tests for "this must happen eventually" (a generous bound so a slow,
+/// loaded debug build never flakes; it is never a timing assertion).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Keeps test tracing installed; returned by [`trace_init`].
+#[derive(Debug)]
+#[must_use = "keep the guard for the duration of the test: `let _trace = trace_init();`"]
+pub struct TraceGuard(());
+
+/// Installs a tracing subscriber writing to the test output, filtered by `RUST_LOG`
+/// (default `warn`). Call first in each test: `let _trace = trace_init();`. Installing it
+/// twice in one process is harmless.
+pub fn trace_init() -> TraceGuard {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _already_installed = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    TraceGuard(())
+}
+
+/// Polls `condition` every 20 ms until it returns `true`.
+///
+/// # Panics
+///
+/// When `deadline` passes first, naming `what` was awaited.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up after {deadline:?} waiting until {what}"
+        );
+    }
+}
+
+/// Awaits `fut`, turning a hang into a panic that names `what`.
+///
+/// # Panics
+///
+/// When `deadline` passes before `fut` completes.
+pub async fn within<F: Future>(what: &str, deadline: Duration, fut: F) -> F::Output {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("gave up after {deadline:?} waiting for {what}"),
+    }
+}
+
+/// A loopback port that is reserved but refuses connections: a socket bound to it that never
+/// listens. Unlike "bind, read the port, close", no other test can grab the port while this
+/// value lives, so connecting to [`DeadPort::addr`] reliably gets `ECONNREFUSED`.
+#[derive(Debug)]
+pub struct DeadPort {
+    addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl DeadPort {
+    /// Reserves a refusing port on 127.0.0.1.
+    ///
+    /// # Panics
+    ///
+    /// When no socket can be bound.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("create a socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a socket to 127.0.0.1:0");
+        let addr = socket
+            .local_addr()
+            .expect("local address of a bound socket");
+        DeadPort {
+            addr,
+            _socket: socket,
+        }
+    }
+
+    /// The refusing address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}

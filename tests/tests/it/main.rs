@@ -1,0 +1,18 @@
+//! Integration tests: the real `router` binary between test clients and fake upstreams.
+//!
+//! One test binary (fast linking); each module covers one part of the router's contract
+//! (DESIGN.md §6 and §10). Every test starts its own router process and fakes on
+//! `127.0.0.1:0`, so tests run in parallel; dropping them stops them.
+//!
+//! Build the router first: `cargo build -p router && cargo nextest run -p integration-tests`.
+
+mod balance;
+mod config_api;
+mod errors;
+mod grpc;
+mod headers;
+mod reload;
+mod routing;
+mod shutdown;
+mod streaming;
+mod support;

@@ -1,0 +1,139 @@
+//! Helpers shared by the test modules: rule-set fixtures and request shorthands.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use integration_tests::client::{self, Body, ROUTING_KEY};
+use integration_tests::fake_model::SERVER_HEADER;
+use integration_tests::{Collected, DEADLINE, HttpClient, within};
+use serde_json::{Value, json};
+
+/// Both client versions the router must accept.
+pub const CLIENT_VERSIONS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
+
+/// A rule set with one cluster per `(name, endpoints)` and one route per cluster, keyed by the
+/// cluster's name.
+pub fn simple_rules(clusters: &[(&str, Vec<String>)]) -> Value {
+    let mut c = serde_json::Map::new();
+    let mut r = serde_json::Map::new();
+    for (name, endpoints) in clusters {
+        c.insert((*name).to_owned(), json!({ "endpoints": endpoints }));
+        r.insert((*name).to_owned(), json!({ "cluster": name }));
+    }
+    json!({ "clusters": c, "routes": r })
+}
+
+/// A request builder for `http://addr{path}` carrying `x-routing-key: key`.
+pub fn keyed(method: Method, addr: SocketAddr, path: &str, key: &str) -> http::request::Builder {
+    client::request(method, addr, path).header(ROUTING_KEY, key)
+}
+
+/// `GET path` with `key`, read to the end.
+pub async fn get(client: &HttpClient, addr: SocketAddr, path: &str, key: &str) -> Collected {
+    within(
+        &format!("GET {path} with key {key}"),
+        DEADLINE,
+        client.get(addr, path, Some(key)),
+    )
+    .await
+}
+
+/// `GET /` with `key`, expecting 200; returns the name of the fake that answered.
+pub async fn served_by(client: &HttpClient, addr: SocketAddr, key: &str) -> String {
+    let resp = get(client, addr, "/", key).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "GET / with key {key}: {:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    resp.header(SERVER_HEADER)
+        .expect("the answer of a fake model names it")
+}
+
+/// Sends `n` requests with `key` and counts the answers per fake name.
+pub async fn spread(
+    client: &HttpClient,
+    addr: SocketAddr,
+    key: &str,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts
+            .entry(served_by(client, addr, key).await)
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// `req` read to the end, within the deadline.
+pub async fn fetch(client: &HttpClient, req: http::Request<Body>) -> Collected {
+    within("a response", DEADLINE, client.fetch(req)).await
+}
+
+/// Reads data from `body` until it holds `expected`'s length in bytes, and checks it equals
+/// `expected` (frames may be split or merged on the way).
+pub async fn read_exactly(body: &mut Incoming, expected: &[u8], what: &str) {
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let frame = within(what, DEADLINE, body.frame())
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "{what}: the body ended after {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+            })
+            .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"));
+        if let Some(data) = frame.data_ref() {
+            got.extend_from_slice(data);
+        }
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(expected),
+        "{what}"
+    );
+}
+
+/// Reads the rest of `body` and checks it is empty.
+pub async fn expect_end(body: Incoming, what: &str) {
+    let rest = within(what, DEADLINE, body.collect())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}"));
+    assert_eq!(
+        rest.to_bytes(),
+        Bytes::new(),
+        "{what}: unexpected data at the end"
+    );
+}
+
+/// The JSON `error` object of a router error response, checking the status, content type
+/// and code.
+pub fn expect_router_error(resp: &Collected, status: u16, code: &str) -> Value {
+    assert_eq!(
+        resp.status,
+        status,
+        "expected {status} {code}, got body {:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "an error body is JSON, got content-type {content_type:?}"
+    );
+    let json = resp.json();
+    assert_eq!(json["error"]["code"], code, "error body {json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "an error has a message: {json}"
+    );
+    json["error"].clone()
+}
