@@ -16,7 +16,10 @@ fn typical() -> HeaderMap {
         ("content-type", "application/json"),
         ("content-length", "1532"),
         ("x-routing-key", "ranker-v2"),
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ] {
         h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
     }

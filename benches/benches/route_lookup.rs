@@ -12,7 +12,9 @@ use router::route::RouteTable;
 fn table(keys: usize) -> ArcSwap<RouteTable> {
     let json = benches::rule_set_json(keys, 20_000).to_string();
     let rules = models_config::parse(&json).expect("the fixture is valid");
-    ArcSwap::from_pointee(RouteTable::build(Arc::new(rules), None, 1, 1, String::new()).expect("builds"))
+    ArcSwap::from_pointee(
+        RouteTable::build(Arc::new(rules), None, 1, 1, String::new()).expect("builds"),
+    )
 }
 
 fn lookup(c: &mut Criterion) {
@@ -31,7 +33,9 @@ fn lookup(c: &mut Criterion) {
                 let target = route.pick_target();
                 let cluster = &target.cluster;
                 let n = cluster.endpoints.len();
-                black_box(cluster.balancer.pick(n, &headers, None, |e| cluster.endpoints[e].active_requests()))
+                black_box(cluster.balancer.pick(n, &headers, None, |e| {
+                    cluster.endpoints[e].active_requests()
+                }))
             })
         });
     }

@@ -17,7 +17,10 @@ pub fn rule_set_json(keys: usize, base_port: u16) -> Value {
     }
     let mut routes = Map::new();
     for k in 0..keys {
-        routes.insert(format!("key-{k}"), json!({ "cluster": format!("cluster-{}", k % 4) }));
+        routes.insert(
+            format!("key-{k}"),
+            json!({ "cluster": format!("cluster-{}", k % 4) }),
+        );
     }
     json!({ "clusters": clusters, "routes": routes })
 }

@@ -213,7 +213,8 @@ impl Router {
         } = self;
         let stop_proxy = CancellationToken::new();
         let options = server::ServeOptions {
-            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            header_read_timeout: (config.header_read_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.header_read_timeout_ms)),
             drain_timeout: config.drain_timeout(),
             max_connections: config.max_connections.div_ceil(proxy_listeners.len()),
         };

@@ -7,6 +7,11 @@ use clap::Parser;
 use router::signal::Shutdown;
 use router::{Config, Router, StartError};
 
+/// jemalloc: fewer cycles per request than the system allocator on the proxy path, and it
+/// returns memory after large streaming bursts (see benches/README.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status for a bad config or flag (sysexits `EX_USAGE`).
 const EX_USAGE: u8 = 64;
 

@@ -22,8 +22,8 @@ use crate::upstream;
 /// Settings of the proxy listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// Time allowed for a complete HTTP/1.1 request head.
-    pub header_read_timeout: Duration,
+    /// Time allowed for a complete HTTP/1.1 request head (`None`: no limit).
+    pub header_read_timeout: Option<Duration>,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_timeout: Duration,
     /// Most connections this worker holds open at once.

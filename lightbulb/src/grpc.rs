@@ -1,0 +1,249 @@
+//! The `lightbulb.v1` gRPC services: proto ↔ domain conversion, nothing else.
+//!
+//! - [`ResolverService`] (`Resolver`): `ResolveRequest` → [`RequestContext`] (`TryFrom`,
+//!   rejecting an unknown traffic class) → the current [`Engine`] (one `ArcSwap` load) →
+//!   [`Resolution`] → `ResolveResponse`. Errors become statuses only through
+//!   `From<ResolveError> for Status` in [`crate::error`].
+//! - [`RoutingConfigService`] (`RoutingConfig`): follows a `tokio::sync::watch` channel of
+//!   accepted rule sets and streams each as a [`routing_snapshot`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures_util::Stream;
+use models_config::spec::{RuleSet, TrafficClass};
+use routing_proto::lightbulb::v1 as pb;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::error::ResolveError;
+use crate::objective::ShadowTarget;
+use crate::resolve::{Engine, RequestContext, Resolution};
+
+/// Most requests one `ResolveBatch` call may carry.
+pub const MAX_BATCH: usize = 1_000;
+
+/// The `Resolver` service over a swappable [`Engine`].
+///
+/// Cheap to clone; every clone reads the same engine. Each call loads the engine once, so
+/// the whole call, batch included, sees one rule-set version even while a reload swaps in
+/// the next.
+#[derive(Debug, Clone)]
+pub struct ResolverService {
+    /// The engine of the current rule-set version; replaced whole on reload.
+    engine: Arc<ArcSwap<Engine>>,
+}
+
+// === impl ResolverService ===
+
+impl ResolverService {
+    /// A service answering from whatever engine `engine` holds at the time of each call.
+    pub fn new(engine: Arc<ArcSwap<Engine>>) -> Self {
+        Self { engine }
+    }
+
+    /// The tonic server for this service, to add to a `tonic::transport::Server`.
+    pub fn into_server(self) -> pb::resolver_server::ResolverServer<Self> {
+        pb::resolver_server::ResolverServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::resolver_server::Resolver for ResolverService {
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let engine = self.engine.load();
+        let response = resolve_one(&engine, request.into_inner())?;
+        Ok(Response::new(response))
+    }
+
+    async fn resolve_batch(
+        &self,
+        request: Request<pb::ResolveBatchRequest>,
+    ) -> Result<Response<pb::ResolveBatchResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} requests, at most {MAX_BATCH} are allowed",
+                requests.len()
+            )));
+        }
+        let engine = self.engine.load();
+        let results = requests
+            .into_iter()
+            .map(|request| {
+                let outcome = match resolve_one(&engine, request) {
+                    Ok(response) => pb::resolve_result::Outcome::Response(response),
+                    Err(err) => pb::resolve_result::Outcome::Error(pb::ResolveFailure {
+                        code: err.code().grpc() as i32,
+                        message: err.to_string(),
+                    }),
+                };
+                pb::ResolveResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ResolveBatchResponse { results }))
+    }
+}
+
+fn resolve_one(
+    engine: &Engine,
+    request: pb::ResolveRequest,
+) -> Result<pb::ResolveResponse, ResolveError> {
+    let ctx = RequestContext::try_from(request)?;
+    engine.resolve(&ctx).map(pb::ResolveResponse::from)
+}
+
+/// Empty proto3 strings mean "not set".
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl TryFrom<pb::ResolveRequest> for RequestContext {
+    type Error = ResolveError;
+
+    /// Moves the request's strings into a context (no copies). `TRAFFIC_CLASS_UNSPECIFIED`
+    /// is live traffic.
+    fn try_from(request: pb::ResolveRequest) -> Result<Self, Self::Error> {
+        let traffic_class = match pb::TrafficClass::try_from(request.traffic_class) {
+            Ok(pb::TrafficClass::Unspecified | pb::TrafficClass::Live) => TrafficClass::Live,
+            Ok(pb::TrafficClass::Synthetic) => TrafficClass::Synthetic,
+            Err(_) => {
+                return Err(ResolveError::UnknownTrafficClass {
+                    value: request.traffic_class,
+                });
+            }
+        };
+        Ok(Self {
+            objective: request.objective,
+            tenant: non_empty(request.tenant),
+            subject_id: non_empty(request.subject_id),
+            attributes: request.attributes,
+            experiment_allocations: request.experiment_allocations,
+            traffic_class,
+        })
+    }
+}
+
+impl From<Resolution> for pb::ResolveResponse {
+    fn from(r: Resolution) -> Self {
+        let config = r.config;
+        let (experiment_id, experiment_cell) = match config.experiment {
+            Some(e) => (e.experiment.to_string(), e.cell.to_string()),
+            None => (String::new(), String::new()),
+        };
+        Self {
+            routing_key: r.routing_key.to_string(),
+            objective_config: Some(pb::ObjectiveConfig {
+                objective: config.objective.to_string(),
+                model_id: config.model_id.to_string(),
+                model_version: config.model_version.to_string(),
+                experiment_id,
+                experiment_cell,
+                input_type: config.input_type.to_string(),
+                parameters: map(&config.parameters),
+                metadata: map(&config.metadata),
+            }),
+            shadows: r.shadows.iter().map(pb::ShadowTarget::from).collect(),
+            // A TTL is at most a day (validated), far below u64::MAX milliseconds.
+            cache_ttl_ms: u64::try_from(r.cache_ttl.as_millis()).unwrap_or(u64::MAX),
+            rule_set_version: r.rule_set_version,
+        }
+    }
+}
+
+impl From<&ShadowTarget> for pb::ShadowTarget {
+    fn from(shadow: &ShadowTarget) -> Self {
+        Self {
+            model_id: shadow.model_id.to_string(),
+            routing_key: shadow.routing_key.to_string(),
+            sample_percent: shadow.sample_percent,
+        }
+    }
+}
+
+fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The `RoutingConfig` service: streams the routing part of every accepted rule set.
+///
+/// Each `Watch` call gets the current rule set at once, then the newest one after every
+/// change. A watcher that falls behind skips straight to the latest version, which is all a
+/// router needs since every snapshot is complete. The stream ends when the publishing side
+/// (the `watch::Sender`) is dropped, i.e. on shutdown.
+#[derive(Debug, Clone)]
+pub struct RoutingConfigService {
+    /// Accepted rule sets; the store's publisher holds the sender.
+    rules: watch::Receiver<Arc<RuleSet>>,
+}
+
+/// The stream a `Watch` call returns.
+pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::RoutingSnapshot, Status>> + Send>>;
+
+// === impl RoutingConfigService ===
+
+impl RoutingConfigService {
+    /// A service streaming the rule sets published on `rules`.
+    pub fn new(rules: watch::Receiver<Arc<RuleSet>>) -> Self {
+        Self { rules }
+    }
+
+    /// The tonic server for this service, to add to a `tonic::transport::Server`.
+    pub fn into_server(self) -> pb::routing_config_server::RoutingConfigServer<Self> {
+        pb::routing_config_server::RoutingConfigServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::routing_config_server::RoutingConfig for RoutingConfigService {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut rules = self.rules.clone();
+        // The current value counts as unseen, so the first poll sends it without waiting.
+        rules.mark_changed();
+        let stream = futures_util::stream::unfold(rules, |mut rules| async move {
+            // Err: the sender is gone, so the server is shutting down; end the stream.
+            rules.changed().await.ok()?;
+            let snapshot = routing_snapshot(&rules.borrow_and_update());
+            Some((snapshot, rules))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The routing part of `rules` as a `RoutingSnapshot`: its version, and `rule_set_json`
+/// holding a rule set with the same version, clusters and routes, and nothing else, in the
+/// models-config format that `router --config` reads.
+///
+/// # Errors
+///
+/// `INTERNAL` if the rule set cannot be written as JSON, which serde_json only does for
+/// non-string map keys or a failing `Serialize`, neither of which a rule set has.
+pub fn routing_snapshot(rules: &RuleSet) -> Result<pb::RoutingSnapshot, Status> {
+    let routing = RuleSet {
+        version: rules.version,
+        clusters: rules.clusters.clone(),
+        routes: rules.routes.clone(),
+        ..RuleSet::default()
+    };
+    let rule_set_json = serde_json::to_string(&routing)
+        .map_err(|err| Status::internal(format!("cannot write the routing snapshot: {err}")))?;
+    Ok(pb::RoutingSnapshot {
+        version: rules.version,
+        rule_set_json,
+    })
+}
+
+#[cfg(test)]
+mod tests;
