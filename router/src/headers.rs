@@ -3,7 +3,6 @@
 //!
 //! Every name is a `const` built with `from_static`, so using one costs nothing at run time.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
@@ -27,8 +26,11 @@ pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+const CONNECTION_INDEX: usize = 0;
+const TE_INDEX: usize = 5;
+
 /// Headers that describe one hop and must never be forwarded (RFC 9110 §7.6.1), beside the
-/// ones a `Connection` header names.
+/// ones a `Connection` header names. `CONNECTION_INDEX` and `TE_INDEX` point into it.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     KEEP_ALIVE,
@@ -40,62 +42,104 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Position of `name` in [`HOP_BY_HOP`]. Standard names compare as small integers, so this
+/// is a handful of integer comparisons.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| h == name)
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 ///
 /// `te: trailers` is kept on requests when `keep_te_trailers` is set: gRPC requires it end to
 /// end, and it only announces that the client accepts trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    // Fast path: most requests carry none of these (h2 forbids them outright).
-    if !HOP_BY_HOP.iter().any(|name| headers.contains_key(name)) {
+    // One pass over the few headers a message carries, no hashing; then only the names seen
+    // are removed. Most requests have none (h2 forbids them outright); HTTP/1.1 responses
+    // usually carry just `connection: keep-alive`.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let te_trailers = keep_te_trailers
+        && present & (1 << TE_INDEX) != 0
         && headers
             .get_all(header::TE)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // Names listed in Connection are hop-by-hop too. Collecting them allocates, but only on
-    // requests that carry a Connection header with a listed name.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if present & (1 << CONNECTION_INDEX) != 0 {
+        // Names listed in Connection are hop-by-hop too. The usual tokens (`keep-alive`,
+        // `close`, `upgrade`, `te`) need no work: they are removed below or name no header.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                    && hop_by_hop_index(&name).is_none()
+                {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
-/// Appends the client address to `x-forwarded-for` (comma-separated after any existing
-/// value, per the de-facto convention).
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut buf = BytesMut::with_capacity(64);
-    // A list may arrive split over several header lines; they are one list, in order.
-    for existing in headers.get_all(&X_FORWARDED_FOR) {
-        buf.put_slice(existing.as_bytes());
-        buf.put_slice(b", ");
-    }
-    let _ = write!(ByteWriter(&mut buf), "{client}");
-    // Valid values and an IP address joined by ", " always form a valid value.
-    if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
-        headers.insert(X_FORWARDED_FOR, value);
+/// The value a connection from `client` adds to `x-forwarded-for`, built once per
+/// connection.
+pub fn forwarded_for_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string()).expect("an IP address is a valid header value")
+}
+
+/// Appends the client address (from [`forwarded_for_value`]) to `x-forwarded-for`,
+/// comma-separated after any existing value, per the de-facto convention. Without an
+/// existing value this is a reference-count bump, no formatting.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    use http::header::Entry;
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(client.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let mut buf = BytesMut::with_capacity(64);
+            // A list may arrive split over several header lines; they are one list, in order.
+            for existing in slot.iter() {
+                buf.put_slice(existing.as_bytes());
+                buf.put_slice(b", ");
+            }
+            buf.put_slice(client.as_bytes());
+            // Valid values joined by ", " always form a valid value.
+            if let Ok(value) = HeaderValue::from_maybe_shared(buf.freeze()) {
+                // Replaces every line with the one joined value.
+                slot.insert(value);
+            }
+        }
     }
 }
 
 /// Sets `x-request-id` to a fresh random id when the request has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if headers.contains_key(&X_REQUEST_ID) {
-        return;
-    }
-    headers.insert(X_REQUEST_ID, new_request_id());
+    headers.entry(X_REQUEST_ID).or_insert_with(new_request_id);
 }
 
 /// A random UUIDv4-formatted id (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
@@ -126,15 +170,6 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-struct ByteWriter<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.put_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -182,9 +217,9 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &forwarded_for_value("10.0.0.1".parse().unwrap()));
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
-        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        append_forwarded_for(&mut h, &forwarded_for_value("::1".parse().unwrap()));
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, ::1");
     }
 
@@ -194,7 +229,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &forwarded_for_value("127.0.0.1".parse().unwrap()));
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
     }

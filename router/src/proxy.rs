@@ -43,12 +43,19 @@ pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 pub struct Proxy {
     shared: Arc<Shared>,
     remote: SocketAddr,
+    /// The client address as an `x-forwarded-for` value, formatted once per connection.
+    forwarded_for: HeaderValue,
 }
 
 impl Proxy {
     /// A service for a connection from `remote`.
     pub fn new(shared: Arc<Shared>, remote: SocketAddr) -> Self {
-        Proxy { shared, remote }
+        let forwarded_for = headers::forwarded_for_value(remote.ip());
+        Proxy {
+            shared,
+            remote,
+            forwarded_for,
+        }
     }
 }
 
@@ -58,18 +65,15 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let remote = self.remote;
-        Box::pin(async move { Ok(handle(&shared, remote, req).await) })
+        let conn = self.clone();
+        Box::pin(async move { Ok(handle(&conn, req).await) })
     }
 }
 
 /// Serves one request end to end. Never fails: every error becomes a response.
-pub async fn handle(
-    shared: &Shared,
-    remote: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
+    let shared: &Shared = &conn.shared;
+    let remote = conn.remote;
     let start = Instant::now();
     let _active = ActiveRequest::start();
     let grpc = headers::is_grpc(req.headers());
@@ -93,7 +97,7 @@ pub async fn handle(
     let downstream_version = req.version();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    headers::append_forwarded_for(&mut parts.headers, remote.ip());
+    headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
     headers::ensure_request_id(&mut parts.headers);
     let (body, upload_done) = RequestBody::new(body);
     let req = Request::from_parts(parts, body);
@@ -184,7 +188,8 @@ async fn forward<'r>(
     match &route.fallback {
         Some(fallback) => {
             fallback.metrics.fell_back();
-            match send_to_cluster(fallback, *req, downstream_version).await {
+            // Boxed: the fallback is the cold path, and the common future stays small.
+            match Box::pin(send_to_cluster(fallback, *req, downstream_version)).await {
                 Ok(resp) => (fallback, Ok(resp), true),
                 Err(Failure::Answered(err)) => (fallback, Err(err), false),
                 Err(Failure::Unreachable(req)) => (

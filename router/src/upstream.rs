@@ -98,20 +98,29 @@ impl Pool {
         req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut req = req;
-        if let Some(mut conn) = self.checkout_h1() {
-            match conn.try_send_request(req).await {
+        let req = match self.checkout_h1() {
+            Some(mut conn) => match conn.try_send_request(req).await {
                 Ok(resp) => {
                     self.checkin_h1(conn);
                     return Ok(resp);
                 }
                 Err(mut err) => match err.take_message() {
                     // The connection closed before taking the request: open a fresh one.
-                    Some(back) => req = back,
+                    Some(back) => back,
                     None => return Err(SendError::Exchange(err.into_error())),
                 },
-            }
-        }
+            },
+            None => req,
+        };
+        // The cold path is boxed so that the future of every pooled request stays small.
+        Box::pin(self.open_http1(req, connect_timeout)).await
+    }
+
+    async fn open_http1(
+        &self,
+        req: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
         let io = match self.connect(connect_timeout).await {
             Ok(io) => io,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
@@ -125,19 +134,11 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream http1 connection ended");
             }
         });
-        match conn.try_send_request(req).await {
-            Ok(resp) => {
-                self.checkin_h1(conn);
-                Ok(resp)
-            }
-            Err(mut err) => match err.take_message() {
-                Some(back) => Err(SendError::Connect(
-                    io::Error::new(io::ErrorKind::ConnectionReset, err.into_error()),
-                    Box::new(back),
-                )),
-                None => Err(SendError::Exchange(err.into_error())),
-            },
+        let result = conn.try_send_request(req).await;
+        if result.is_ok() {
+            self.checkin_h1(conn);
         }
+        result.map_err(first_send_failed)
     }
 
     /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection.
@@ -146,25 +147,33 @@ impl Pool {
         req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut req = req;
         let existing = {
             let slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
             slot.h2.as_ref().filter(|c| !c.is_closed()).cloned()
         };
-        if let Some(mut conn) = existing {
-            match conn.try_send_request(req).await {
+        let req = match existing {
+            Some(mut conn) => match conn.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut err) => match err.take_message() {
-                    Some(back) => req = back,
+                    Some(back) => back,
                     None => return Err(SendError::Exchange(err.into_error())),
                 },
-            }
-        }
+            },
+            None => req,
+        };
+        Box::pin(self.open_http2(req, connect_timeout)).await
+    }
+
+    async fn open_http2(
+        &self,
+        req: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
         let io = match self.connect(connect_timeout).await {
             Ok(io) => io,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
-        let (conn, driver) = match http2::Builder::new(TokioExecutor::new())
+        let (mut conn, driver) = match http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -180,17 +189,7 @@ impl Pool {
             }
         });
         self.slot().lock().unwrap_or_else(|e| e.into_inner()).h2 = Some(conn.clone());
-        let mut conn = conn;
-        match conn.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut err) => match err.take_message() {
-                Some(back) => Err(SendError::Connect(
-                    io::Error::new(io::ErrorKind::ConnectionReset, err.into_error()),
-                    Box::new(back),
-                )),
-                None => Err(SendError::Exchange(err.into_error())),
-            },
-        }
+        conn.try_send_request(req).await.map_err(first_send_failed)
     }
 
     /// Takes an idle HTTP/1.1 connection out of this worker's slot, dropping closed ones and
@@ -233,5 +232,19 @@ impl Pool {
                 format!("connect to {} timed out after {timeout:?}", self.address),
             )),
         }
+    }
+}
+
+/// A fresh connection that would not take its first request failed before anything was sent:
+/// treated like a connect failure, so the request can go elsewhere.
+fn first_send_failed(
+    mut err: hyper::client::conn::TrySendError<Request<RequestBody>>,
+) -> SendError {
+    match err.take_message() {
+        Some(back) => SendError::Connect(
+            io::Error::new(io::ErrorKind::ConnectionReset, err.into_error()),
+            Box::new(back),
+        ),
+        None => SendError::Exchange(err.into_error()),
     }
 }
