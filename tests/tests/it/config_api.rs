@@ -272,3 +272,77 @@ async fn metrics_expose_requests_durations_config_version_and_reloads() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn access_log_writes_one_json_line_per_request_when_enabled() {
+    let _trace = trace_init();
+    let a = FakeModel::new().name("a").start().await;
+    let router = RouterProcess::start_with_args(
+        &rules("a", &a.endpoint(), &a.endpoint(), 1),
+        &["--access-log", "--log-format", "json"],
+    )
+    .await;
+    let client = HttpClient::http1();
+    assert_eq!(served_by(&client, router.proxy_addr, "k").await, "a");
+    wait_until("the access log line is written", DEADLINE, || async {
+        router.output().lines().any(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|v| {
+                v["target"] == "access"
+                    && v["route"] == "k"
+                    && v["cluster"] == "a"
+                    && v["status"] == 200
+            })
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn put_config_requires_the_bearer_token_when_one_is_configured() {
+    let _trace = trace_init();
+    let a = FakeModel::new().name("a").start().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write the token");
+    let router = RouterProcess::start_with_args(
+        &rules("a", &a.endpoint(), &a.endpoint(), 1),
+        &[
+            "--admin-token-file",
+            token_file.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    let resp = router
+        .admin_put_json("/config", &rules("a", &a.endpoint(), &a.endpoint(), 2))
+        .await;
+    assert_eq!(
+        resp.status,
+        401,
+        "{:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert_eq!(resp.json()["error"]["code"], "unauthorized");
+    let config = router.admin_json("/config").await;
+    assert_eq!(config["version"], 1, "the rejected push changed nothing");
+    // Reads stay open: health, metrics and the config need no token.
+    assert_eq!(router.admin_get("/healthz").await.status, 200);
+
+    let authorized = HttpClient::http1()
+        .fetch(
+            client::request(Method::PUT, router.admin_addr, "/config")
+                .header("authorization", "Bearer s3cret-token")
+                .header("content-type", "application/json")
+                .body(client::full(
+                    rules("a", &a.endpoint(), &a.endpoint(), 2).to_string(),
+                ))
+                .expect("a request"),
+        )
+        .await;
+    assert_eq!(
+        authorized.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&authorized.body)
+    );
+    assert_eq!(router.admin_json("/config").await["version"], 2);
+}
