@@ -212,3 +212,69 @@ async fn the_router_refuses_to_start_on_a_config_file_that_is_not_a_rule_set() {
         "the reason is printed on stderr"
     );
 }
+
+/// `keys` routes `key-0` … all sent to `cluster`.
+fn large_rules(keys: usize, cluster: &str, a: &str, b: &str, version: u64) -> Value {
+    let routes: serde_json::Map<String, Value> = (0..keys)
+        .map(|k| (format!("key-{k}"), json!({ "cluster": cluster })))
+        .collect();
+    json!({
+        "version": version,
+        "clusters": { "a": { "endpoints": [a] }, "b": { "endpoints": [b] } },
+        "routes": routes,
+    })
+}
+
+#[tokio::test]
+async fn swapping_a_100000_route_table_under_load_fails_no_request() {
+    const KEYS: usize = 100_000;
+    let _trace = trace_init();
+    let a = FakeModel::new().name("a").start().await;
+    let b = FakeModel::new().name("b").start().await;
+    let router =
+        RouterProcess::start(&large_rules(KEYS, "a", &a.endpoint(), &b.endpoint(), 1)).await;
+    let proxy = router.proxy_addr;
+    assert_eq!(router.admin_json("/config").await["routes"], KEYS);
+
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut loops = Vec::new();
+    for (n, version) in [Version::HTTP_11, Version::HTTP_2].into_iter().enumerate() {
+        let sent = sent.clone();
+        loops.push(tokio::spawn(async move {
+            let client = HttpClient::for_version(version);
+            let mut seen_b = 0;
+            // Bounded: the new table is in force long before this many requests.
+            for i in 0..50_000usize {
+                let key = format!("key-{}", (i * 7_919 + n * 31) % KEYS);
+                let resp = client.get(proxy, "/", Some(&key)).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(
+                    resp.status,
+                    200,
+                    "{version:?} request {i} ({key}) failed during the swap: {:?}",
+                    String::from_utf8_lossy(&resp.body)
+                );
+                if resp.text() == "b" {
+                    seen_b += 1;
+                    if seen_b == 50 {
+                        return i + 1;
+                    }
+                }
+            }
+            panic!("{version:?}: the new table never answered within 50000 requests");
+        }));
+    }
+    wait_until("the clients have sent 100 requests", DEADLINE, || {
+        std::future::ready(sent.load(Ordering::SeqCst) >= 100)
+    })
+    .await;
+    router.rewrite_config(&large_rules(KEYS, "b", &a.endpoint(), &b.endpoint(), 2));
+    for l in loops {
+        within("a client loop to finish", 4 * DEADLINE, l)
+            .await
+            .expect("a client loop panicked");
+    }
+    let config = router.admin_json("/config").await;
+    assert_eq!(config["version"], 2);
+    assert_eq!(config["routes"], KEYS);
+}
