@@ -88,6 +88,24 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
         }
     }
+
+    /// The HTTP status of this class, for `POST /v1/resolve`: 400, 404 or 412.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::FailedPrecondition => 412,
+        }
+    }
+
+    /// The gRPC code's canonical name (`"NOT_FOUND"`), the `code` of HTTP error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+        }
+    }
 }
 
 /// The one place a [`ResolveError`] becomes a gRPC status: the class's code and the error's
@@ -134,5 +152,9 @@ mod tests {
             ErrorCode::FailedPrecondition.grpc(),
             tonic::Code::FailedPrecondition
         );
+        assert_eq!(ErrorCode::InvalidArgument.http_status(), 400);
+        assert_eq!(ErrorCode::NotFound.http_status(), 404);
+        assert_eq!(ErrorCode::FailedPrecondition.http_status(), 412);
+        assert_eq!(ErrorCode::NotFound.as_str(), "NOT_FOUND");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`ResolverService`] (`Resolver`): `ResolveRequest` → [`RequestContext`] (`TryFrom`,
 //!   rejecting an unknown traffic class) → the current [`Engine`] (one `ArcSwap` load) →
-//!   [`Resolution`] → `ResolveResponse`. Errors become statuses only through
+//!   the [`ResolveCache`], which answers or asks the engine → [`Resolution`] →
+//!   `ResolveResponse`. Errors become statuses only through
 //!   `From<ResolveError> for Status` in [`crate::error`].
 //! - [`RoutingConfigService`] (`RoutingConfig`): follows a `tokio::sync::watch` channel of
 //!   accepted rule sets and streams each as a [`routing_snapshot`].
@@ -18,6 +19,7 @@ use routing_proto::lightbulb::v1 as pb;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::cache::ResolveCache;
 use crate::error::ResolveError;
 use crate::objective::ShadowTarget;
 use crate::resolve::{Engine, RequestContext, Resolution};
@@ -34,14 +36,26 @@ pub const MAX_BATCH: usize = 1_000;
 pub struct ResolverService {
     /// The engine of the current rule-set version; replaced whole on reload.
     engine: Arc<ArcSwap<Engine>>,
+    /// Answers already computed; disabled unless [`ResolverService::with_cache`] set one.
+    cache: Arc<ResolveCache>,
 }
 
 // === impl ResolverService ===
 
 impl ResolverService {
     /// A service answering from whatever engine `engine` holds at the time of each call.
+    /// Every call evaluates the rules; see [`ResolverService::with_cache`].
     pub fn new(engine: Arc<ArcSwap<Engine>>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            cache: Arc::new(ResolveCache::disabled()),
+        }
+    }
+
+    /// Answers through `cache` (shared with whoever invalidates it on reload).
+    pub fn with_cache(mut self, cache: Arc<ResolveCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The tonic server for this service, to add to a `tonic::transport::Server`.
@@ -57,7 +71,7 @@ impl pb::resolver_server::Resolver for ResolverService {
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         let engine = self.engine.load();
-        let response = resolve_one(&engine, request.into_inner())?;
+        let response = resolve_one(&engine, &self.cache, request.into_inner())?;
         Ok(Response::new(response))
     }
 
@@ -76,7 +90,7 @@ impl pb::resolver_server::Resolver for ResolverService {
         let results = requests
             .into_iter()
             .map(|request| {
-                let outcome = match resolve_one(&engine, request) {
+                let outcome = match resolve_one(&engine, &self.cache, request) {
                     Ok(response) => pb::resolve_result::Outcome::Response(response),
                     Err(err) => pb::resolve_result::Outcome::Error(pb::ResolveFailure {
                         code: err.code().grpc() as i32,
@@ -92,12 +106,29 @@ impl pb::resolver_server::Resolver for ResolverService {
     }
 }
 
-fn resolve_one(
-    engine: &Engine,
+/// One request: converted, answered through the cache, counted in the metrics. The HTTP
+/// mirror (`POST /v1/resolve`) answers through this too.
+pub(crate) fn resolve_one(
+    engine: &Arc<Engine>,
+    cache: &ResolveCache,
     request: pb::ResolveRequest,
 ) -> Result<pb::ResolveResponse, ResolveError> {
+    if pb::TrafficClass::try_from(request.traffic_class).is_err() {
+        let err = ResolveError::UnknownTrafficClass {
+            value: request.traffic_class,
+        };
+        crate::metrics::record_resolve(
+            engine,
+            &request.objective,
+            Err(&err),
+            std::time::Duration::ZERO,
+        );
+        return Err(err);
+    }
     let ctx = RequestContext::try_from(request)?;
-    engine.resolve(&ctx).map(pb::ResolveResponse::from)
+    cache
+        .resolve(engine, &ctx)
+        .map(|answer| pb::ResolveResponse::from(&*answer))
 }
 
 /// Empty proto3 strings mean "not set".
@@ -133,8 +164,14 @@ impl TryFrom<pb::ResolveRequest> for RequestContext {
 
 impl From<Resolution> for pb::ResolveResponse {
     fn from(r: Resolution) -> Self {
-        let config = r.config;
-        let (experiment_id, experiment_cell) = match config.experiment {
+        Self::from(&r)
+    }
+}
+
+impl From<&Resolution> for pb::ResolveResponse {
+    fn from(r: &Resolution) -> Self {
+        let config = &r.config;
+        let (experiment_id, experiment_cell) = match &config.experiment {
             Some(e) => (e.experiment.to_string(), e.cell.to_string()),
             None => (String::new(), String::new()),
         };
@@ -207,8 +244,10 @@ impl pb::routing_config_server::RoutingConfig for RoutingConfigService {
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request.remote_addr();
+        tracing::info!(node_id = %request.get_ref().node_id, peer = ?peer, "routing config watch opened");
         let mut rules = self.rules.clone();
         // The current value counts as unseen, so the first poll sends it without waiting.
         rules.mark_changed();

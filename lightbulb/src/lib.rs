@@ -38,17 +38,277 @@
 //!   [`RoutingConfigService`], which streams the clusters and routes of every accepted rule
 //!   set from a `tokio::sync::watch` channel.
 //!
-//! The resolution cache, the gRPC server (health, reflection, shutdown), the config API and
-//! store, and the binary build on these.
+//! The service around them:
+//!
+//! - [`cache`]: the moka cache in front of the engine, keyed on [`Engine::cache_key`].
+//! - [`reload`]: follows the rule-set file; a valid new rule set swaps the engine, clears the
+//!   cache and is published to `RoutingConfig.Watch`; an invalid one changes nothing.
+//! - [`server`]: the tonic server (lightbulb services, `grpc.health.v1`, reflection).
+//! - [`http`]: `POST /v1/resolve`, `/metrics`, `/healthz`, `/readyz`.
+//! - [`config`], [`metrics`], [`signal`], [`telemetry`]: flags, metric names, SIGTERM/SIGINT,
+//!   logs.
+//!
+//! [`Lightbulb::bind`] loads the rule set and binds both ports; [`Lightbulb::run`] serves
+//! until its shutdown future completes, then drains (see [`Lightbulb::run`]).
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod allocation;
+pub mod cache;
+pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod metrics;
 pub mod objective;
+pub mod reload;
 pub mod resolve;
+pub mod server;
+pub mod signal;
+pub mod telemetry;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use models_config::spec::RuleSet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use cache::ResolveCache;
+pub use config::Config;
 pub use error::{ErrorCode, ResolveError};
 pub use grpc::{ResolverService, RoutingConfigService};
 pub use objective::{ExperimentCell, ObjectiveConfig, ShadowTarget};
 pub use resolve::{CacheKey, Engine, RequestContext, Resolution};
+
+/// Why Lightbulb could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The rule-set file is missing, unreadable or invalid.
+    #[error("config file {path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        #[source]
+        source: models_config::ConfigError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server could not be built.
+    #[error(transparent)]
+    Grpc(#[from] server::BuildError),
+    /// The runtime could not be created, or a socket could not be registered with it.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Lightbulb with its sockets bound and its first rule set compiled, ready to [`run`].
+///
+/// Binding is separate from running so callers (and tests) can learn the addresses when
+/// they asked for port 0.
+///
+/// [`run`]: Lightbulb::run
+#[derive(Debug)]
+pub struct Lightbulb {
+    config: Config,
+    engine: Arc<ArcSwap<Engine>>,
+    cache: Arc<ResolveCache>,
+    rules: watch::Sender<Arc<RuleSet>>,
+    grpc: tonic::transport::server::Router,
+    health: server::Health,
+    grpc_listener: std::net::TcpListener,
+    http_listener: std::net::TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    metrics: PrometheusHandle,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Lightbulb {
+    /// Loads, validates and compiles the rule set, builds the servers and binds the gRPC and
+    /// HTTP sockets.
+    ///
+    /// # Errors
+    ///
+    /// An invalid rule set (every problem listed), an address in use, or no runtime.
+    pub fn bind(config: Config, metrics: PrometheusHandle) -> Result<Self, StartError> {
+        let config_error = |source| StartError::Config {
+            path: config.config.display().to_string(),
+            source,
+        };
+        let rules = models_config::load(&config.config).map_err(config_error)?;
+        let engine = Engine::new(&rules)
+            .map_err(|errors| config_error(models_config::ConfigError::Invalid(errors)))?;
+        crate::metrics::record_version(engine.version());
+        let engine = Arc::new(ArcSwap::from_pointee(engine));
+        let cache = Arc::new(ResolveCache::new(config.cache_capacity, config.cache_ttl()));
+        let (rules, rules_rx) = watch::channel(Arc::new(rules));
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_count())
+            .thread_name("lightbulb")
+            .enable_all()
+            .build()?;
+        let resolver = ResolverService::new(Arc::clone(&engine)).with_cache(Arc::clone(&cache));
+        let routing = RoutingConfigService::new(rules_rx);
+        let (grpc, health) = runtime.block_on(server::build(resolver, routing))?;
+
+        let bind = |addr: SocketAddr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            listener.set_nonblocking(true)?;
+            let local = listener.local_addr()?;
+            Ok::<_, StartError>((listener, local))
+        };
+        let (grpc_listener, grpc_addr) = bind(config.grpc)?;
+        let (http_listener, http_addr) = bind(config.http)?;
+        Ok(Lightbulb {
+            config,
+            engine,
+            cache,
+            rules,
+            grpc,
+            health,
+            grpc_listener,
+            http_listener,
+            grpc_addr,
+            http_addr,
+            metrics,
+            runtime,
+        })
+    }
+
+    /// Enters the runtime where [`Lightbulb::run`]'s shutdown future is polled: signal
+    /// handlers for it must be installed inside this context.
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.runtime.enter()
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` completes, then drains and returns. Blocks the calling thread.
+    ///
+    /// Shutdown, in order: health `NOT_SERVING` and `/readyz` 503; both servers stop
+    /// accepting; `Health.Watch` streams end after sending `NOT_SERVING`; the file watcher
+    /// stops, which ends every `RoutingConfig.Watch` stream; calls in flight finish, up to
+    /// `--drain-timeout-ms`, after which the rest are cut off. The process then exits 0.
+    ///
+    /// # Errors
+    ///
+    /// When a listener cannot be registered with the runtime.
+    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Lightbulb {
+            config,
+            engine,
+            cache,
+            rules,
+            grpc,
+            health,
+            grpc_listener,
+            http_listener,
+            metrics,
+            runtime,
+            ..
+        } = self;
+        runtime.block_on(async move {
+            let stop = CancellationToken::new();
+            let ready = Arc::new(AtomicBool::new(false));
+            let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
+            let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
+
+            let watcher = tokio::spawn(reload::watch_file(
+                config.config.clone(),
+                config.watch_interval(),
+                reload::Reloader::new(Arc::clone(&engine), Arc::clone(&cache), rules),
+                stop.clone(),
+            ));
+            let upkeep = tokio::spawn(upkeep(metrics.clone(), stop.clone()));
+            let http_app = http::router(http::Http {
+                engine,
+                cache,
+                metrics,
+                ready: Arc::clone(&ready),
+            });
+            let mut servers = tokio::task::JoinSet::new();
+            {
+                let stop = stop.clone();
+                servers.spawn(async move {
+                    let served = axum::serve(http_listener, http_app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                });
+            }
+            {
+                let stop = stop.clone();
+                servers.spawn(async move {
+                    if let Err(e) = server::serve(grpc, grpc_listener, stop.cancelled_owned()).await
+                    {
+                        tracing::error!(error = %e, "gRPC server failed");
+                    }
+                });
+            }
+            health.serving().await;
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("serving");
+
+            shutdown.await;
+            tracing::info!("shutting down: not serving, no new connections, draining");
+            ready.store(false, Ordering::Relaxed);
+            health.not_serving().await;
+            stop.cancel();
+            health.close().await;
+            let _ = watcher.await;
+            let _ = upkeep.await;
+            let drain = config.drain_timeout();
+            let drained = tokio::time::timeout(drain, async {
+                while servers.join_next().await.is_some() {}
+            })
+            .await;
+            match drained {
+                Ok(()) => tracing::info!("stopped"),
+                Err(_) => {
+                    tracing::warn!(
+                        drain_timeout_ms = config.drain_timeout_ms,
+                        "drain deadline passed; cutting off the calls still in flight"
+                    );
+                    servers.shutdown().await;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Prometheus histogram upkeep every few seconds, until `stop`.
+async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => metrics.run_upkeep(),
+        }
+    }
+}

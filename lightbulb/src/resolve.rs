@@ -273,6 +273,11 @@ impl Engine {
         self.version
     }
 
+    /// Whether the rule set has an objective by this name.
+    pub fn has_objective(&self, name: &str) -> bool {
+        self.objectives.contains_key(name)
+    }
+
     /// The names of the objectives, in no particular order.
     pub fn objectives(&self) -> impl Iterator<Item = &str> {
         self.objectives.keys().map(|name| &**name)

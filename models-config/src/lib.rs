@@ -34,6 +34,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod error;
+pub mod follow;
 pub mod spec;
 pub mod unique_map;
 mod validate;

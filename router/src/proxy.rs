@@ -113,6 +113,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         tokio::time::sleep(route.timeout).await;
     };
     let (served_by, result, body_complete) = tokio::select! {
+        biased;
         forwarded = forward(&route, target, req, downstream_version) => forwarded,
         () = deadline => (target, Err(ProxyError::UpstreamTimeout), false),
     };

@@ -1,0 +1,144 @@
+//! Process configuration: command-line flags (every one documented in `--help`).
+//!
+//! The rules themselves (objectives, models, experiments, clusters, routes) are not here:
+//! they live in the rule-set file and can change while Lightbulb runs.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Lightbulb's flags.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "lightbulb",
+    version,
+    about = "Resolves which model serves a request (gRPC lightbulb.v1 and HTTP), and streams routing snapshots to routers"
+)]
+pub struct Config {
+    /// Rule-set file (JSON, models-config format); watched, and reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// Address of the gRPC server (lightbulb.v1 Resolver and RoutingConfig,
+    /// grpc.health.v1, server reflection).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc: SocketAddr,
+
+    /// Address of the HTTP server (POST /v1/resolve, /metrics, /healthz, /readyz).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub http: SocketAddr,
+
+    /// Runtime worker threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// How often the rule-set file is checked for changes, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub watch_interval_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls (and Watch streams) may take to finish,
+    /// in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Most resolutions kept in the server-side cache; 0 disables the cache.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+
+    /// How long a cached resolution is kept, in milliseconds (a new rule set drops every
+    /// entry at once regardless); 0 disables the cache.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub cache_ttl_ms: u64,
+
+    /// Log line format; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Worker threads to run: the flag, or one per available core.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .map(NonZeroUsize::get)
+            .or_else(|| {
+                std::thread::available_parallelism()
+                    .ok()
+                    .map(NonZeroUsize::get)
+            })
+            .unwrap_or(1)
+    }
+
+    /// The file poll interval (at least 10 ms).
+    pub fn watch_interval(&self) -> Duration {
+        Duration::from_millis(self.watch_interval_ms.max(10))
+    }
+
+    /// The drain deadline.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// How long a cached resolution lives.
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.cache_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let c = Config::parse_from(["lightbulb", "--config", "rules.json"]);
+        assert_eq!(c.grpc, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.http, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.worker_count() >= 1);
+        assert!(c.cache_capacity > 0);
+        assert!(c.cache_ttl() > Duration::ZERO);
+    }
+
+    #[test]
+    fn the_config_file_is_required() {
+        assert!(Config::try_parse_from(["lightbulb"]).is_err());
+    }
+
+    #[test]
+    fn flags_override_the_defaults() {
+        let c = Config::parse_from([
+            "lightbulb",
+            "--config",
+            "r.json",
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--watch-interval-ms",
+            "1",
+            "--cache-capacity",
+            "0",
+            "--log-format",
+            "json",
+        ]);
+        assert_eq!(c.grpc.port(), 0);
+        assert_eq!(c.worker_count(), 3);
+        assert_eq!(c.watch_interval(), Duration::from_millis(10));
+        assert_eq!(c.cache_capacity, 0);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+}
