@@ -9,6 +9,9 @@
 //! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors).
 //! - [`router`]: spawns the real `router` binary on a rule set in a temp dir and talks to its
 //!   admin API.
+//! - [`lightbulb`]: the same for the real `lightbulb` binary (gRPC and HTTP APIs).
+//! - [`process`]: what both share: locating a workspace binary, spawning it with its output
+//!   captured, waiting for its listening line, SIGTERM, exit, kill on drop.
 //! - [`client`]: small hyper client helpers (HTTP/1.1 and h2c, streaming bodies).
 //! - [`pattern`]: deterministic pseudo-random bytes, so large bodies are compared by hash
 //!   without holding them in memory.
@@ -20,7 +23,9 @@
 pub mod client;
 pub mod fake_grpc;
 pub mod fake_model;
+pub mod lightbulb;
 pub mod pattern;
+pub mod process;
 pub mod router;
 
 use std::future::Future;

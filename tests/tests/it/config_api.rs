@@ -7,7 +7,7 @@ use integration_tests::{
 use serde_json::{Value, json};
 
 use crate::reload::{PROBLEM_NAMES, rules_with_three_problems};
-use crate::support::{keyed, served_by};
+use crate::support::{assert_status, keyed, served_by};
 
 fn rules(key_cluster: &str, a: &str, b: &str, version: u64) -> Value {
     json!({
@@ -67,12 +67,7 @@ async fn put_config_applies_a_valid_rule_set_at_once() {
     let resp = router
         .admin_put_json("/config", &rules("b", &a.endpoint(), &b.endpoint(), 2))
         .await;
-    assert_eq!(
-        resp.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_status(&resp, 200);
     let applied = resp.json();
     assert_eq!(applied["version"], 2);
     let generation = applied["generation"].as_u64().expect("a generation");
@@ -96,12 +91,7 @@ async fn put_config_rejects_an_invalid_rule_set_listing_every_problem_and_keeps_
     let resp = router
         .admin_put_json("/config", &rules_with_three_problems(&a.endpoint()))
         .await;
-    assert_eq!(
-        resp.status,
-        400,
-        "{:?}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_status(&resp, 400);
     let error = &resp.json()["error"];
     assert_eq!(error["code"], "invalid_config", "{error}");
     assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -315,12 +305,7 @@ async fn put_config_requires_the_bearer_token_when_one_is_configured() {
     let resp = router
         .admin_put_json("/config", &rules("a", &a.endpoint(), &a.endpoint(), 2))
         .await;
-    assert_eq!(
-        resp.status,
-        401,
-        "{:?}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_status(&resp, 401);
     assert_eq!(resp.json()["error"]["code"], "unauthorized");
     let config = router.admin_json("/config").await;
     assert_eq!(config["version"], 1, "the rejected push changed nothing");

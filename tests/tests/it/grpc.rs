@@ -3,11 +3,12 @@
 //! through; the router's own errors are gRPC statuses.
 
 use integration_tests::fake_grpc::pb::echo_client::EchoClient;
-use integration_tests::fake_grpc::pb::{CountRequest, SayRequest};
+use integration_tests::fake_grpc::pb::{CountReply, CountRequest, SayReply, SayRequest};
 use integration_tests::{
     DEADLINE, DeadPort, FakeGrpc, GrpcListening, RouterProcess, trace_init, within,
 };
 use serde_json::json;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 /// A router with routes `echo` (h2c cluster), `echo-auto` (auto cluster) and `dead` (a
@@ -47,6 +48,39 @@ fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
     req
 }
 
+/// `Say(message)` with routing key `key`, awaited within the deadline (`what` names it).
+async fn say(
+    client: &mut EchoClient<Channel>,
+    what: &str,
+    key: &str,
+    message: &str,
+) -> Result<SayReply, tonic::Status> {
+    let request = keyed(
+        SayRequest {
+            message: message.into(),
+        },
+        key,
+    );
+    within(what, DEADLINE, client.say(request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `Count(n, fail_after)` with routing key `key`, awaited within the deadline up to the
+/// response headers (`what` names it).
+async fn count(
+    client: &mut EchoClient<Channel>,
+    what: &str,
+    key: &str,
+    n: u32,
+    fail_after: u32,
+) -> Result<Streaming<CountReply>, tonic::Status> {
+    let request = keyed(CountRequest { n, fail_after }, key);
+    within(what, DEADLINE, client.count(request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 #[tokio::test]
 async fn a_unary_call_passes_through_the_router() {
     let _trace = trace_init();
@@ -55,19 +89,9 @@ async fn a_unary_call_passes_through_the_router() {
     let mut client = client_of(&router).await;
 
     for key in ["echo", "echo-auto"] {
-        let reply = within(
-            "Say",
-            DEADLINE,
-            client.say(keyed(
-                SayRequest {
-                    message: format!("hello {key}"),
-                },
-                key,
-            )),
-        )
-        .await
-        .unwrap_or_else(|status| panic!("Say through route {key}: {status:?}"))
-        .into_inner();
+        let reply = say(&mut client, "Say", key, &format!("hello {key}"))
+            .await
+            .unwrap_or_else(|status| panic!("Say through route {key}: {status:?}"));
         assert_eq!(reply.message, format!("hello {key}"));
         assert_eq!(reply.server, "echo-1");
     }
@@ -81,20 +105,7 @@ async fn a_server_streaming_call_passes_through_with_its_ok_trailers() {
     let (router, _dead) = router_for(&upstream).await;
     let mut client = client_of(&router).await;
 
-    let mut stream = within(
-        "Count",
-        DEADLINE,
-        client.count(keyed(
-            CountRequest {
-                n: 50,
-                fail_after: 0,
-            },
-            "echo",
-        )),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let mut stream = count(&mut client, "Count", "echo", 50, 0).await.unwrap();
     let mut got = Vec::new();
     // `message()` returns Ok(None) only once trailers with grpc-status 0 arrived: tonic
     // reports a missing status as an error.
@@ -118,18 +129,9 @@ async fn a_non_ok_status_of_a_unary_call_reaches_the_client() {
     let (router, _dead) = router_for(&upstream).await;
     let mut client = client_of(&router).await;
 
-    let status = within(
-        "Say(fail)",
-        DEADLINE,
-        client.say(keyed(
-            SayRequest {
-                message: "fail".into(),
-            },
-            "echo",
-        )),
-    )
-    .await
-    .unwrap_err();
+    let status = say(&mut client, "Say(fail)", "echo", "fail")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert_eq!(status.message(), "nope");
 }
@@ -141,20 +143,7 @@ async fn a_status_in_trailers_after_streamed_messages_reaches_the_client() {
     let (router, _dead) = router_for(&upstream).await;
     let mut client = client_of(&router).await;
 
-    let mut stream = within(
-        "Count",
-        DEADLINE,
-        client.count(keyed(
-            CountRequest {
-                n: 10,
-                fail_after: 3,
-            },
-            "echo",
-        )),
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let mut stream = count(&mut client, "Count", "echo", 10, 3).await.unwrap();
     for i in 0..3 {
         let reply = within("a streamed reply", DEADLINE, stream.message())
             .await
@@ -196,44 +185,22 @@ async fn router_errors_reach_a_grpc_client_as_grpc_statuses() {
     assert_eq!(missing.code(), tonic::Code::InvalidArgument, "{missing:?}");
     assert!(!missing.message().is_empty());
 
-    let unknown = within(
-        "Say with an unknown key",
-        DEADLINE,
-        client.say(keyed(
-            SayRequest {
-                message: "x".into(),
-            },
-            "no-such-route",
-        )),
-    )
-    .await
-    .unwrap_err();
+    let unknown = say(&mut client, "Say with an unknown key", "no-such-route", "x")
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
-    let dead = within(
-        "Say to a dead cluster",
-        DEADLINE,
-        client.say(keyed(
-            SayRequest {
-                message: "x".into(),
-            },
-            "dead",
-        )),
-    )
-    .await
-    .unwrap_err();
+    let dead = say(&mut client, "Say to a dead cluster", "dead", "x")
+        .await
+        .unwrap_err();
     assert_eq!(dead.code(), tonic::Code::Unavailable, "{dead:?}");
 
-    let streaming = within(
+    let streaming = count(
+        &mut client,
         "Count with an unknown key",
-        DEADLINE,
-        client.count(keyed(
-            CountRequest {
-                n: 1,
-                fail_after: 0,
-            },
-            "no-such-route",
-        )),
+        "no-such-route",
+        1,
+        0,
     )
     .await
     .map(|_| ())
@@ -241,18 +208,9 @@ async fn router_errors_reach_a_grpc_client_as_grpc_statuses() {
     assert_eq!(streaming.code(), tonic::Code::NotFound, "{streaming:?}");
 
     // The client's connection is still fine after the errors.
-    let ok = within(
-        "Say after the errors",
-        DEADLINE,
-        client.say(keyed(
-            SayRequest {
-                message: "still here".into(),
-            },
-            "echo",
-        )),
-    )
-    .await
-    .unwrap();
-    assert_eq!(ok.into_inner().message, "still here");
+    let ok = say(&mut client, "Say after the errors", "echo", "still here")
+        .await
+        .unwrap();
+    assert_eq!(ok.message, "still here");
     assert_eq!(upstream.requests(), 1);
 }

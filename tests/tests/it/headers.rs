@@ -3,25 +3,10 @@
 //! is forwarded as is.
 
 use http::Method;
-use integration_tests::{FakeModel, HttpClient, Listening, RouterProcess, client, trace_init};
-use serde_json::{Value, json};
+use integration_tests::{FakeModel, HttpClient, RouterProcess, client, trace_init};
+use serde_json::Value;
 
-use crate::support::{CLIENT_VERSIONS, fetch, keyed};
-
-/// A router with key `h1` on an HTTP/1.1 cluster and `h2` on an h2c cluster, both on `fake`.
-async fn router_for(fake: &Listening) -> RouterProcess {
-    RouterProcess::start(&json!({
-        "clusters": {
-            "h1": { "endpoints": [fake.endpoint()], "protocol": "http1" },
-            "h2": { "endpoints": [fake.endpoint()], "protocol": "http2" },
-        },
-        "routes": {
-            "h1": { "cluster": "h1" },
-            "h2": { "cluster": "h2" },
-        },
-    }))
-    .await
-}
+use crate::support::{CLIENT_VERSIONS, assert_status, fetch, h1_h2_router, keyed};
 
 /// The values the upstream saw for `name` (lower case), in order.
 fn seen(json: &Value, name: &str) -> Vec<String> {
@@ -36,6 +21,15 @@ fn seen(json: &Value, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Asserts that the upstream behind `key` did not see header `name`.
+fn assert_not_forwarded(got: &Value, name: &str, key: &str) {
+    assert!(
+        seen(got, name).is_empty(),
+        "{name} reached the {key} upstream: {}",
+        got["headers"]
+    );
+}
+
 async fn forward(
     router: &RouterProcess,
     client: &HttpClient,
@@ -47,12 +41,7 @@ async fn forward(
         req = req.header(*name, *value);
     }
     let resp = fetch(client, req.body(client::empty()).unwrap()).await;
-    assert_eq!(
-        resp.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_status(&resp, 200);
     resp.json()
 }
 
@@ -60,7 +49,7 @@ async fn forward(
 async fn hop_by_hop_headers_are_not_forwarded() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     // Only HTTP/1.1 can carry connection-specific headers; HTTP/2 forbids them on the wire.
     let client = HttpClient::http1();
     for key in ["h1", "h2"] {
@@ -90,18 +79,10 @@ async fn hop_by_hop_headers_are_not_forwarded() {
             "te",
             "upgrade",
         ] {
-            assert!(
-                seen(&got, gone).is_empty(),
-                "{gone} reached the {key} upstream: {}",
-                got["headers"]
-            );
+            assert_not_forwarded(&got, gone, key);
         }
         // A GET without a body has no framing to carry over.
-        assert!(
-            seen(&got, "transfer-encoding").is_empty(),
-            "{}",
-            got["headers"]
-        );
+        assert_not_forwarded(&got, "transfer-encoding", key);
         assert_eq!(seen(&got, "x-keep-me"), ["kept"]);
     }
 }
@@ -110,7 +91,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 async fn an_upgrade_header_is_not_forwarded() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let client = HttpClient::http1();
     for key in ["h1", "h2"] {
         let got = forward(
@@ -120,11 +101,7 @@ async fn an_upgrade_header_is_not_forwarded() {
             &[("upgrade", "websocket"), ("x-keep-me", "kept")],
         )
         .await;
-        assert!(
-            seen(&got, "upgrade").is_empty(),
-            "{key}: {}",
-            got["headers"]
-        );
+        assert_not_forwarded(&got, "upgrade", key);
         assert_eq!(seen(&got, "x-keep-me"), ["kept"]);
     }
 }
@@ -133,7 +110,7 @@ async fn an_upgrade_header_is_not_forwarded() {
 async fn te_trailers_is_forwarded() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     for version in CLIENT_VERSIONS {
         let client = HttpClient::for_version(version);
         for key in ["h1", "h2"] {
@@ -152,7 +129,7 @@ async fn te_trailers_is_forwarded() {
 async fn x_forwarded_for_gets_the_client_ip_appended() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     for version in CLIENT_VERSIONS {
         let client = HttpClient::for_version(version);
         for key in ["h1", "h2"] {
@@ -176,7 +153,7 @@ async fn x_forwarded_for_gets_the_client_ip_appended() {
 async fn x_request_id_is_generated_when_absent_and_kept_when_present() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     for version in CLIENT_VERSIONS {
         let client = HttpClient::for_version(version);
         let first = seen(&forward(&router, &client, "h1", &[]).await, "x-request-id");
@@ -195,7 +172,7 @@ async fn x_request_id_is_generated_when_absent_and_kept_when_present() {
 async fn other_headers_are_forwarded_as_is() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for version in CLIENT_VERSIONS {
         let client = HttpClient::for_version(version);
@@ -233,7 +210,7 @@ async fn other_headers_are_forwarded_as_is() {
 async fn x_forwarded_for_keeps_every_hop_when_sent_as_several_lines() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     for version in CLIENT_VERSIONS {
         let client = HttpClient::for_version(version);
         let got = forward(

@@ -11,6 +11,7 @@ mod config_api;
 mod errors;
 mod grpc;
 mod headers;
+mod lightbulb;
 mod reload;
 mod routing;
 mod shutdown;

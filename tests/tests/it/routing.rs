@@ -2,7 +2,7 @@
 //! per cluster, weighted splits and the fallback cluster.
 
 use http::{Method, Version};
-use integration_tests::{DeadPort, FakeModel, HttpClient, RouterProcess, trace_init};
+use integration_tests::{DeadPort, FakeModel, HttpClient, Listening, RouterProcess, trace_init};
 use serde_json::json;
 
 use crate::support::{CLIENT_VERSIONS, fetch, get, keyed, served_by, simple_rules, spread};
@@ -90,9 +90,9 @@ async fn each_cluster_is_spoken_to_in_its_configured_protocol() {
     }
 }
 
-#[tokio::test]
-async fn a_split_route_sends_traffic_to_every_cluster_of_the_split() {
-    let _trace = trace_init();
+/// Fakes named `a` and `b` behind a router whose route `canary` splits between clusters `a`
+/// and `b` with the weights `weight_a` and `weight_b`.
+async fn split_router(weight_a: u32, weight_b: u32) -> (Listening, Listening, RouterProcess) {
     let a = FakeModel::new().name("a").start().await;
     let b = FakeModel::new().name("b").start().await;
     let router = RouterProcess::start(&json!({
@@ -101,10 +101,17 @@ async fn a_split_route_sends_traffic_to_every_cluster_of_the_split() {
             "b": { "endpoints": [b.endpoint()] },
         },
         "routes": {
-            "canary": { "cluster": "a", "split": { "a": 50, "b": 50 } },
+            "canary": { "cluster": "a", "split": { "a": weight_a, "b": weight_b } },
         },
     }))
     .await;
+    (a, b, router)
+}
+
+#[tokio::test]
+async fn a_split_route_sends_traffic_to_every_cluster_of_the_split() {
+    let _trace = trace_init();
+    let (_a, _b, router) = split_router(50, 50).await;
 
     let counts = spread(&HttpClient::http1(), router.proxy_addr, "canary", 200).await;
     // Binomial(200, 0.5): fewer than 40 on either side has a probability below 1e-17.
@@ -117,18 +124,7 @@ async fn a_split_route_sends_traffic_to_every_cluster_of_the_split() {
 #[tokio::test]
 async fn a_split_route_follows_its_weights() {
     let _trace = trace_init();
-    let a = FakeModel::new().name("a").start().await;
-    let b = FakeModel::new().name("b").start().await;
-    let router = RouterProcess::start(&json!({
-        "clusters": {
-            "a": { "endpoints": [a.endpoint()] },
-            "b": { "endpoints": [b.endpoint()] },
-        },
-        "routes": {
-            "canary": { "cluster": "a", "split": { "a": 90, "b": 10 } },
-        },
-    }))
-    .await;
+    let (_a, _b, router) = split_router(90, 10).await;
 
     let counts = spread(&HttpClient::http1(), router.proxy_addr, "canary", 400).await;
     let b_share = counts.get("b").copied().unwrap_or(0);

@@ -12,25 +12,9 @@ use integration_tests::{
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{expect_end, keyed, read_exactly};
+use crate::support::{assert_status, expect_end, h1_h2_router, keyed, read_exactly};
 
 const LARGE: u64 = 64 * 1024 * 1024;
-
-/// A router with the key `h1` on an HTTP/1.1 cluster and `h2` on an h2c cluster, both
-/// pointing at `fake`.
-async fn router_for(fake: &integration_tests::Listening) -> RouterProcess {
-    RouterProcess::start(&json!({
-        "clusters": {
-            "h1": { "endpoints": [fake.endpoint()], "protocol": "http1" },
-            "h2": { "endpoints": [fake.endpoint()], "protocol": "http2" },
-        },
-        "routes": {
-            "h1": { "cluster": "h1" },
-            "h2": { "cluster": "h2" },
-        },
-    }))
-    .await
-}
 
 fn key_for(version: Version) -> &'static str {
     if version == Version::HTTP_2 {
@@ -43,7 +27,7 @@ fn key_for(version: Version) -> &'static str {
 async fn upload_is_byte_exact(client_version: Version, upstream: Version) {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let client = HttpClient::for_version(client_version);
 
     let req = keyed(
@@ -55,12 +39,7 @@ async fn upload_is_byte_exact(client_version: Version, upstream: Version) {
     .body(client::pattern_body(LARGE))
     .unwrap();
     let resp = within("a 64 MiB upload", 4 * DEADLINE, client.fetch(req)).await;
-    assert_eq!(
-        resp.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_status(&resp, 200);
     let json = resp.json();
     assert_eq!(json["bytes"], LARGE);
     assert_eq!(json["sha256"], pattern::sha256_hex(LARGE));
@@ -79,7 +58,7 @@ async fn a_64_mib_upload_over_h2c_arrives_byte_exact() {
 async fn download_is_byte_exact(client_version: Version, upstream: Version) {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let client = HttpClient::for_version(client_version);
 
     let req = keyed(
@@ -125,7 +104,7 @@ async fn a_64_mib_download_over_h2c_arrives_byte_exact() {
 async fn echo_streams_both_ways_in_lock_step(client_version: Version, upstream: Version) {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let client = HttpClient::for_version(client_version);
 
     let (tx, body) = client::channel_body(1);
@@ -168,7 +147,7 @@ async fn an_echo_from_an_http1_client_to_an_h2c_upstream_streams_in_lock_step() 
 async fn sse_chunks_arrive_one_by_one(client_version: Version, upstream: Version) {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let client = HttpClient::for_version(client_version);
 
     let chunks = 5;
@@ -218,7 +197,7 @@ async fn sse_through_an_h2c_upstream_reaches_an_http1_client_chunk_by_chunk() {
 async fn a_client_that_goes_away_mid_stream_frees_its_endpoint() {
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     let active = || async {
         let clusters = router.admin_json("/clusters").await;
         clusters["clusters"]
@@ -292,12 +271,7 @@ async fn an_upload_that_outlasts_the_route_timeout_still_completes() {
     tx.send(pattern::bytes_at(1000, 1000)).await.unwrap();
     drop(tx);
     let resp = within("the upload answer", DEADLINE, upload).await.unwrap();
-    assert_eq!(
-        resp.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&resp.body)
-    );
+    assert_status(&resp, 200);
     assert_eq!(resp.json()["sha256"], pattern::sha256_hex(2000));
 }
 
@@ -352,7 +326,7 @@ async fn an_expect_100_continue_upload_goes_through() {
 
     let _trace = trace_init();
     let fake = FakeModel::new().start().await;
-    let router = router_for(&fake).await;
+    let router = h1_h2_router(&fake).await;
     for key in ["h1", "h2"] {
         // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits for the interim
         // answer (or a timeout) before sending the body: speak raw HTTP/1.1 to see it.

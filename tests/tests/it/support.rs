@@ -9,7 +9,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use integration_tests::client::{self, Body, ROUTING_KEY};
 use integration_tests::fake_model::SERVER_HEADER;
-use integration_tests::{Collected, DEADLINE, HttpClient, within};
+use integration_tests::{Collected, DEADLINE, HttpClient, Listening, RouterProcess, within};
 use serde_json::{Value, json};
 
 /// Both client versions the router must accept.
@@ -25,6 +25,22 @@ pub fn simple_rules(clusters: &[(&str, Vec<String>)]) -> Value {
         r.insert((*name).to_owned(), json!({ "cluster": name }));
     }
     json!({ "clusters": c, "routes": r })
+}
+
+/// A router with the key `h1` on an HTTP/1.1 cluster and `h2` on an h2c cluster, both
+/// pointing at `fake`.
+pub async fn h1_h2_router(fake: &Listening) -> RouterProcess {
+    RouterProcess::start(&json!({
+        "clusters": {
+            "h1": { "endpoints": [fake.endpoint()], "protocol": "http1" },
+            "h2": { "endpoints": [fake.endpoint()], "protocol": "http2" },
+        },
+        "routes": {
+            "h1": { "cluster": "h1" },
+            "h2": { "cluster": "h2" },
+        },
+    }))
+    .await
 }
 
 /// A request builder for `http://addr{path}` carrying `x-routing-key: key`.
@@ -69,6 +85,17 @@ pub async fn spread(
             .or_default() += 1;
     }
     counts
+}
+
+/// Asserts that `resp` has `status`, showing its body otherwise.
+#[track_caller]
+pub fn assert_status(resp: &Collected, status: u16) {
+    assert_eq!(
+        resp.status,
+        status,
+        "{:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
 }
 
 /// `req` read to the end, within the deadline.
