@@ -22,7 +22,16 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build (binaries the integration tests start)"
 cargo build --workspace --bins --locked
-echo "== tests"
-cargo nextest run --workspace --locked --no-fail-fast "$@"
 echo "== doc tests"
 cargo test --workspace --doc --locked
+echo "== tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo nextest run --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# One plain closing line: "N passed, N failed" (from nextest's summary).
+summary=$(grep -E '^ +Summary ' "$log" | tail -n 1)
+passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
+echo "${passed:-0} passed, ${failed:-0} failed"
+exit "$status"

@@ -23,11 +23,15 @@ fn main() -> ExitCode {
     let lightbulb = match Lightbulb::bind(config, metrics) {
         Ok(lightbulb) => lightbulb,
         Err(e) => {
-            eprintln!("lightbulb: {e}");
-            if let StartError::Config { source, .. } = &e {
-                for issue in source.issues() {
-                    eprintln!("  {issue}");
+            match &e {
+                // Every problem on its own line, once.
+                StartError::Config { path, source } => {
+                    eprintln!("lightbulb: config file {path} rejected:");
+                    for issue in source.issues() {
+                        eprintln!("  {issue}");
+                    }
                 }
+                _ => eprintln!("lightbulb: {e}"),
             }
             return match e {
                 StartError::Config { .. } => ExitCode::from(EX_USAGE),

@@ -28,11 +28,15 @@ fn main() -> ExitCode {
     let router = match Router::bind(config, metrics) {
         Ok(router) => router,
         Err(e) => {
-            eprintln!("router: {e}");
-            if let StartError::Config { source, .. } = &e {
-                for issue in source.issues() {
-                    eprintln!("  {issue}");
+            match &e {
+                // Every problem on its own line, once.
+                StartError::Config { path, source } => {
+                    eprintln!("router: config file {path} rejected:");
+                    for issue in source.issues() {
+                        eprintln!("  {issue}");
+                    }
                 }
+                _ => eprintln!("router: {e}"),
             }
             return match e {
                 StartError::Config { .. } | StartError::Flag(_) | StartError::Apply(_) => {
