@@ -28,15 +28,52 @@ pub enum LogFormat {
 )]
 pub struct Config {
     /// Rule-set file (JSON, models-config format); watched, and reloaded when it changes.
+    /// With --store, only the seed of an empty store, and not watched.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+
+    /// Versioned rule store: a directory (created if missing) holding one file per accepted
+    /// version, written atomically. Enables the config API (/v1/config and friends) on the
+    /// HTTP port. `etcd://HOST:PORT` is reserved for the etcd store (not available yet).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<String>,
+
+    /// With --store: how many versions are kept (older ones are deleted after each write).
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(100).expect("100 is not zero"))]
+    pub history: NonZeroUsize,
+
+    /// With --store: bearer tokens allowed to change the rules, one `name:token` per line
+    /// (blank lines and lines starting with `#` are skipped), or a single bare token (named
+    /// `default`).
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// With --store: a bearer token (named `env`) allowed to change the rules. Prefer the
+    /// environment variable to the flag, which other users can see in the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "LIGHTBULB_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
+
+    /// With --store: accept config changes without a bearer token. Refused unless --http is
+    /// a loopback address.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+
+    /// Largest request body the config API accepts, in bytes (413 above it).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
 
     /// Address of the gRPC server (lightbulb.v1 Resolver and RoutingConfig,
     /// grpc.health.v1, server reflection).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     pub grpc: SocketAddr,
 
-    /// Address of the HTTP server (POST /v1/resolve, /metrics, /healthz, /readyz).
+    /// Address of the HTTP server (POST /v1/resolve, /metrics, /healthz, /readyz, and the
+    /// config API with --store).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub http: SocketAddr,
 

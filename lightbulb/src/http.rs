@@ -1,6 +1,7 @@
 //! The HTTP API, on its own port: `POST /v1/resolve` (a JSON mirror of `Resolver.Resolve`,
 //! for curl users), `GET /metrics` (Prometheus), `GET /healthz` (the process is up) and
-//! `GET /readyz` (serving; 503 while draining).
+//! `GET /readyz` (serving; 503 while draining). With `--store`, the config API
+//! ([`crate::api`]) is merged into the same server.
 //!
 //! `POST /v1/resolve` takes and returns the proto3 JSON names of `ResolveRequest` and
 //! `ResolveResponse` (`subjectId`; the proto field names such as `subject_id` are accepted

@@ -43,6 +43,10 @@
 //! - [`cache`]: the moka cache in front of the engine, keyed on [`Engine::cache_key`].
 //! - [`reload`]: follows the rule-set file; a valid new rule set swaps the engine, clears the
 //!   cache and is published to `RoutingConfig.Watch`; an invalid one changes nothing.
+//! - [`store`] (`--store DIR`): the versioned rule store, one file per accepted version,
+//!   written atomically; it replaces the file watcher.
+//! - [`api`]: the config API over the store (`/v1/config` and the granular endpoints); every
+//!   accepted change goes through [`reload::Reloader::apply`]. [`auth`]: its bearer tokens.
 //! - [`server`]: the tonic server (lightbulb services, `grpc.health.v1`, reflection).
 //! - [`http`]: `POST /v1/resolve`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`config`], [`metrics`], [`signal`], [`telemetry`]: flags, metric names, SIGTERM/SIGINT,
@@ -53,6 +57,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod allocation;
+pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -64,6 +70,7 @@ pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod signal;
+pub mod store;
 pub mod telemetry;
 
 use std::future::Future;
@@ -77,6 +84,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use models_config::spec::RuleSet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::store::Store as _;
 
 pub use cache::ResolveCache;
 pub use config::Config;
@@ -109,6 +118,18 @@ pub enum StartError {
     /// The gRPC server could not be built.
     #[error(transparent)]
     Grpc(#[from] server::BuildError),
+    /// A flag is wrong or flags contradict each other.
+    #[error("{0}")]
+    Usage(String),
+    /// The rule store could not be opened.
+    #[error("rule store {dir}: {source}")]
+    Store {
+        /// The store's directory.
+        dir: String,
+        /// The cause.
+        #[source]
+        source: store::StoreError,
+    },
     /// The runtime could not be created, or a socket could not be registered with it.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -134,6 +155,8 @@ pub struct Lightbulb {
     http_addr: SocketAddr,
     metrics: PrometheusHandle,
     runtime: tokio::runtime::Runtime,
+    /// With `--store`: the store and who may change it.
+    store: Option<(Arc<dyn store::Store>, api::Auth)>,
 }
 
 impl Lightbulb {
@@ -148,7 +171,19 @@ impl Lightbulb {
             path: config.config.display().to_string(),
             source,
         };
-        let rules = models_config::load(&config.config).map_err(config_error)?;
+        let auth = api_auth(&config)?;
+        let (rules, store) = match &config.store {
+            None => (
+                models_config::load(&config.config).map_err(config_error)?,
+                None,
+            ),
+            Some(dir) => {
+                let store = open_store(&config, dir)?;
+                let rules = RuleSet::clone(&store.current().rules);
+                (rules, Some(store))
+            }
+        };
+        let store = store.zip(auth);
         let engine = Engine::new(&rules)
             .map_err(|errors| config_error(models_config::ConfigError::Invalid(errors)))?;
         crate::metrics::record_version(engine.version());
@@ -187,6 +222,7 @@ impl Lightbulb {
             http_addr,
             metrics,
             runtime,
+            store,
         })
     }
 
@@ -210,7 +246,8 @@ impl Lightbulb {
     ///
     /// Shutdown, in order: health `NOT_SERVING` and `/readyz` 503; both servers stop
     /// accepting; `Health.Watch` streams end after sending `NOT_SERVING`; the file watcher
-    /// stops, which ends every `RoutingConfig.Watch` stream; calls in flight finish, up to
+    /// stops (with `--store`: the config API refuses further changes with 503), which ends
+    /// every `RoutingConfig.Watch` stream; calls in flight finish, up to
     /// `--drain-timeout-ms`, after which the rest are cut off. The process then exits 0.
     ///
     /// # Errors
@@ -228,6 +265,7 @@ impl Lightbulb {
             http_listener,
             metrics,
             runtime,
+            store,
             ..
         } = self;
         runtime.block_on(async move {
@@ -236,19 +274,38 @@ impl Lightbulb {
             let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
             let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
 
-            let watcher = tokio::spawn(reload::watch_file(
-                config.config.clone(),
-                config.watch_interval(),
-                reload::Reloader::new(Arc::clone(&engine), Arc::clone(&cache), rules),
-                stop.clone(),
-            ));
+            let reloader = reload::Reloader::new(Arc::clone(&engine), Arc::clone(&cache), rules);
+            // With a store, the config API changes the rules; otherwise the file does.
+            let (watcher, config_api) = match store {
+                Some((store, auth)) => {
+                    let config_api = Arc::new(api::ConfigApi::new(
+                        store,
+                        reloader,
+                        auth,
+                        config.max_body_bytes,
+                    ));
+                    (None, Some(config_api))
+                }
+                None => {
+                    let watcher = tokio::spawn(reload::watch_file(
+                        config.config.clone(),
+                        config.watch_interval(),
+                        reloader,
+                        stop.clone(),
+                    ));
+                    (Some(watcher), None)
+                }
+            };
             let upkeep = tokio::spawn(upkeep(metrics.clone(), stop.clone()));
-            let http_app = http::router(http::Http {
+            let mut http_app = http::router(http::Http {
                 engine,
                 cache,
                 metrics,
                 ready: Arc::clone(&ready),
             });
+            if let Some(config_api) = &config_api {
+                http_app = http_app.merge(api::router(Arc::clone(config_api)));
+            }
             let mut servers = tokio::task::JoinSet::new();
             {
                 let stop = stop.clone();
@@ -280,7 +337,12 @@ impl Lightbulb {
             health.not_serving().await;
             stop.cancel();
             health.close().await;
-            let _ = watcher.await;
+            if let Some(watcher) = watcher {
+                let _ = watcher.await;
+            }
+            if let Some(config_api) = &config_api {
+                config_api.close();
+            }
             let _ = upkeep.await;
             let drain = config.drain_timeout();
             let drained = tokio::time::timeout(drain, async {
@@ -302,6 +364,86 @@ impl Lightbulb {
     }
 }
 
+/// Who may use the config API: `None` without `--store`.
+///
+/// # Errors
+///
+/// With `--store`: an unreadable token file, `--insecure-no-auth` on a non-loopback
+/// address, or neither tokens nor that flag.
+fn api_auth(config: &Config) -> Result<Option<api::Auth>, StartError> {
+    if config.store.is_none() {
+        return Ok(None);
+    }
+    let mut tokens = match &config.api_token_file {
+        Some(path) => {
+            auth::Tokens::read_file(path).map_err(|e| StartError::Usage(e.to_string()))?
+        }
+        None => auth::Tokens::default(),
+    };
+    if let Some(token) = config.api_token.as_deref().map(str::trim)
+        && !token.is_empty()
+    {
+        tokens.add("env", token);
+    }
+    if config.insecure_no_auth {
+        if !config.http.ip().is_loopback() {
+            return Err(StartError::Usage(format!(
+                "--insecure-no-auth is only allowed when --http is a loopback address, not {}",
+                config.http
+            )));
+        }
+        if !tokens.is_empty() {
+            tracing::warn!("--insecure-no-auth: the API tokens are ignored");
+        }
+        tracing::warn!(
+            "--insecure-no-auth: anyone who can reach the HTTP port can change the rules"
+        );
+        return Ok(Some(api::Auth::Disabled));
+    }
+    if tokens.is_empty() {
+        return Err(StartError::Usage(
+            "--store enables the config API, which needs --api-token-file FILE or LIGHTBULB_API_TOKEN (or --insecure-no-auth on a loopback --http address)".to_owned(),
+        ));
+    }
+    Ok(Some(api::Auth::Tokens(tokens)))
+}
+
+/// Opens the directory store, seeding an empty one from `--config`.
+fn open_store(config: &Config, dir: &str) -> Result<Arc<dyn store::Store>, StartError> {
+    if dir.starts_with("etcd://") {
+        return Err(StartError::Usage(format!(
+            "--store {dir}: the etcd store is not available yet; use a directory"
+        )));
+    }
+    let path = std::path::Path::new(dir);
+    let store_error = |source| StartError::Store {
+        dir: dir.to_owned(),
+        source,
+    };
+    // The seed is read only when the store is empty.
+    let opened = store::DirStore::open(path, config.history.get(), None);
+    let store = match opened {
+        Ok(store) => store,
+        Err(store::StoreError::Empty) => {
+            let seed =
+                models_config::load(&config.config).map_err(|source| StartError::Config {
+                    path: config.config.display().to_string(),
+                    source,
+                })?;
+            store::DirStore::open(path, config.history.get(), Some(seed)).map_err(store_error)?
+        }
+        Err(e) => return Err(store_error(e)),
+    };
+    let current = store.current();
+    tracing::info!(
+        dir,
+        version = current.info.version,
+        who = %current.info.who,
+        "rule store opened"
+    );
+    Ok(Arc::new(store))
+}
+
 /// Prometheus histogram upkeep every few seconds, until `stop`.
 async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -310,5 +452,43 @@ async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => metrics.run_upkeep(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn auth(args: &[&str]) -> Result<Option<api::Auth>, StartError> {
+        let mut all = vec!["lightbulb", "--config", "r.json"];
+        all.extend_from_slice(args);
+        api_auth(&Config::parse_from(all))
+    }
+
+    #[test]
+    fn the_config_api_needs_tokens_or_loopback_without_auth() {
+        assert!(matches!(auth(&[]), Ok(None)), "no store, no API");
+        assert!(matches!(auth(&["--store", "d"]), Err(StartError::Usage(_))));
+        assert!(matches!(
+            auth(&["--store", "d", "--api-token", "t"]),
+            Ok(Some(api::Auth::Tokens(_)))
+        ));
+        assert!(matches!(
+            auth(&["--store", "d", "--insecure-no-auth"]),
+            Ok(Some(api::Auth::Disabled))
+        ));
+        let err = auth(&[
+            "--store",
+            "d",
+            "--insecure-no-auth",
+            "--http",
+            "0.0.0.0:8081",
+        ]);
+        assert!(
+            matches!(&err, Err(StartError::Usage(m)) if m.contains("loopback")),
+            "{err:?}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `lightbulb --config FILE [--grpc ADDR] [--http ADDR]`: see `lightbulb --help`.
+//! `lightbulb --config FILE [--store DIR] [--grpc ADDR] [--http ADDR]`: see `lightbulb --help`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 _ => eprintln!("lightbulb: {e}"),
             }
             return match e {
-                StartError::Config { .. } => ExitCode::from(EX_USAGE),
+                StartError::Config { .. } | StartError::Usage(_) => ExitCode::from(EX_USAGE),
                 _ => ExitCode::FAILURE,
             };
         }

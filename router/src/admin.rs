@@ -42,22 +42,22 @@ pub fn router(admin: Admin) -> Router {
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
-    let table = admin.shared.table.load();
-    if admin.shared.ready.load(Ordering::Relaxed) {
-        (
-            StatusCode::OK,
-            Json(
-                json!({ "ready": true, "version": table.version, "generation": table.generation }),
-            ),
-        )
-            .into_response()
+    let shared = &admin.shared;
+    let table = shared.table.load();
+    let ready = shared.ready.load(Ordering::Relaxed) && shared.is_configured();
+    let status = if ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "version": table.version })),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "version": table.version,
+        "generation": table.generation,
+        "source": shared.source().as_str(),
+        "control_plane_connected": shared.control_plane_connected(),
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

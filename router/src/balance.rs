@@ -47,7 +47,7 @@ pub enum Balancer {
     Maglev {
         /// The header whose value is hashed.
         header: HeaderName,
-        /// Lookup table of endpoint indices, [`MAGLEV_TABLE_SIZE`] entries.
+        /// Lookup table of endpoint indices, 65,537 entries (a prime).
         table: Box<[u32]>,
     },
 }

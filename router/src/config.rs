@@ -1,14 +1,15 @@
 //! Process configuration: command-line flags (every one documented in `--help`).
 //!
-//! Routing configuration (clusters, routes) is not here: it lives in the rule-set file and
-//! can change while the router runs.
+//! Routing configuration (clusters, routes) is not here: it comes from one source, a
+//! rule-set file (`--config`) or Lightbulb's Watch stream (`--control-plane`), and can change
+//! while the router runs.
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{ArgGroup, Parser, ValueEnum};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,12 +25,53 @@ pub enum LogFormat {
 #[command(
     name = "router",
     version,
-    about = "Routes inference requests to model clusters by the x-routing-key header, streaming bodies untouched"
+    about = "Routes inference requests to model clusters by the x-routing-key header, streaming bodies untouched",
+    group(ArgGroup::new("source").required(true).args(["config", "control_plane"]))
 )]
 pub struct Config {
-    /// Rule-set file (JSON); watched, and reloaded when it changes.
+    /// Rule-set file (JSON); watched, and reloaded when it changes. Exactly one of --config
+    /// and --control-plane is required.
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+
+    /// Lightbulb gRPC addresses (`http://HOST:PORT`, comma-separated) whose Watch stream the
+    /// routes follow. One is followed at a time; on an error or a disconnect the next one is
+    /// tried. Every snapshot received is validated, applied whole and kept in --snapshot-dir.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
+
+    /// With --control-plane: the directory holding the last applied snapshot
+    /// (`snapshot.json`, written atomically). At startup the router serves it at once, so it
+    /// restarts without the control plane; without one it is not ready until the first
+    /// snapshot arrives. Created when missing.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_SNAPSHOT_DIR)]
+    pub snapshot_dir: PathBuf,
+
+    /// With --control-plane: the first reconnect delay, in milliseconds; it doubles after
+    /// every failed attempt (with jitter) up to --control-plane-backoff-max-ms, and is reset
+    /// once a snapshot is received.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub control_plane_backoff_initial_ms: u64,
+
+    /// With --control-plane: the longest reconnect delay, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub control_plane_backoff_max_ms: u64,
+
+    /// With --control-plane: time allowed to open a connection to one Lightbulb, in
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub control_plane_connect_timeout_ms: u64,
+
+    /// With --control-plane: HTTP/2 keepalive ping interval on the Watch connection, in
+    /// milliseconds; a peer that does not answer a ping within the same time is dropped
+    /// (and the next URL tried).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub control_plane_keepalive_ms: u64,
+
+    /// With --control-plane: the name sent in the Watch request, shown in Lightbulb's logs
+    /// [default: HOSTNAME-PID].
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
 
     /// Address the proxy listens on, for HTTP/1.1 and h2c.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -80,7 +122,48 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
 }
 
+/// Where `--snapshot-dir` points unless set.
+pub const DEFAULT_SNAPSHOT_DIR: &str = "/var/lib/router";
+
+/// Where the routing configuration comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A rule-set file, watched.
+    File(&'a std::path::Path),
+    /// Lightbulb Watch streams, tried in turn.
+    ControlPlane(&'a [String]),
+}
+
 impl Config {
+    /// The routing-config source (clap guarantees exactly one is set).
+    pub fn source(&self) -> Source<'_> {
+        match &self.config {
+            Some(path) => Source::File(path),
+            None => Source::ControlPlane(&self.control_plane),
+        }
+    }
+
+    /// The reconnect backoff bounds (initial, max), the initial at least 1 ms and never above
+    /// the max.
+    pub fn control_plane_backoff(&self) -> (Duration, Duration) {
+        let max = self.control_plane_backoff_max_ms.max(1);
+        let initial = self.control_plane_backoff_initial_ms.clamp(1, max);
+        (Duration::from_millis(initial), Duration::from_millis(max))
+    }
+
+    /// The name sent in Watch requests: `--node-id`, or `HOSTNAME-PID`.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "router".to_string());
+        format!("{host}-{}", std::process::id())
+    }
+
     /// Worker threads to run: the flag, or one per available core.
     pub fn worker_count(&self) -> usize {
         self.workers
@@ -115,6 +198,52 @@ mod tests {
         assert_eq!(c.admin, "127.0.0.1:9901".parse().unwrap());
         assert_eq!(c.routing_header, "x-routing-key");
         assert!(c.worker_count() >= 1);
+        assert_eq!(c.snapshot_dir, PathBuf::from(DEFAULT_SNAPSHOT_DIR));
+        assert!(matches!(c.source(), Source::File(_)));
+    }
+
+    #[test]
+    fn exactly_one_config_source_is_required() {
+        assert!(Config::try_parse_from(["router"]).is_err());
+        assert!(
+            Config::try_parse_from([
+                "router",
+                "--config",
+                "r.json",
+                "--control-plane",
+                "http://127.0.0.1:1"
+            ])
+            .is_err()
+        );
+        let c = Config::parse_from([
+            "router",
+            "--control-plane",
+            "http://a:1,http://b:2",
+            "--snapshot-dir",
+            "/tmp/x",
+        ]);
+        match c.source() {
+            Source::ControlPlane(urls) => assert_eq!(urls, ["http://a:1", "http://b:2"]),
+            Source::File(_) => panic!("expected the control plane"),
+        }
+        assert_eq!(c.snapshot_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn backoff_bounds_are_sane() {
+        let c = Config::parse_from([
+            "router",
+            "--control-plane",
+            "http://a:1",
+            "--control-plane-backoff-initial-ms",
+            "5000",
+            "--control-plane-backoff-max-ms",
+            "200",
+        ]);
+        assert_eq!(
+            c.control_plane_backoff(),
+            (Duration::from_millis(200), Duration::from_millis(200))
+        );
     }
 
     #[test]

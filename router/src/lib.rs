@@ -12,13 +12,16 @@
 //!    then go to the fallback cluster;
 //! 6. the response streams back, or [`error`] answers with the router's own error.
 //!
-//! Control path: [`reload`] (file watch) and [`admin`] (`PUT /config`) build a new table
-//! from a validated rule set and swap it in whole ([`state::Shared::apply`]).
+//! Control path: [`reload`] (file watch, `--config`), [`control_plane`] (Lightbulb's Watch
+//! stream, `--control-plane`, with the last good snapshot kept on disk) and [`admin`]
+//! (`PUT /config`) build a new table from a validated rule set and swap it in whole
+//! ([`state::Shared::apply`]).
 
 pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod control_plane;
 pub mod error;
 pub mod headers;
 pub mod metrics;
@@ -43,6 +46,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use config::Source;
 use state::{ApplyError, Shared};
 
 /// Why the router could not start.
@@ -101,9 +105,15 @@ impl Router {
     /// Loads and validates the rule set, builds the first route table and binds the proxy and
     /// admin sockets.
     ///
+    /// With `--control-plane`, the first table is the snapshot kept in `--snapshot-dir` (the
+    /// router is ready at once), or, without a valid one, an empty table that is not ready
+    /// until the first snapshot arrives.
+    ///
     /// # Errors
     ///
-    /// An invalid rule set (every problem listed), a bad flag, or an address in use.
+    /// An invalid rule-set file (every problem listed), a bad flag (a control-plane URL that
+    /// is not `http://HOST:PORT`, a snapshot dir that cannot be created), or an address in
+    /// use.
     pub fn bind(config: Config, metrics: PrometheusHandle) -> Result<Self, StartError> {
         let routing_header = HeaderName::from_bytes(
             config.routing_header.to_ascii_lowercase().as_bytes(),
@@ -136,18 +146,39 @@ impl Router {
             }
             None => None,
         };
-        let rule_set =
-            models_config::load(&config.config).map_err(|source| StartError::Config {
-                path: config.config.display().to_string(),
-                source,
-            })?;
         let workers = config.worker_count();
-        let shared = Arc::new(Shared::new(
-            rule_set,
-            routing_header,
-            config.access_log,
-            workers,
-        )?);
+        let shared = match config.source() {
+            Source::File(path) => {
+                let rule_set = models_config::load(path).map_err(|source| StartError::Config {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Shared::new(rule_set, routing_header, config.access_log, workers)?
+            }
+            Source::ControlPlane(urls) => {
+                if urls.is_empty() {
+                    return Err(StartError::Flag(
+                        "--control-plane: at least one URL is required".to_string(),
+                    ));
+                }
+                for url in urls {
+                    control_plane::check_url(url).map_err(StartError::Flag)?;
+                }
+                std::fs::create_dir_all(&config.snapshot_dir).map_err(|e| {
+                    StartError::Flag(format!(
+                        "--snapshot-dir {}: {e}",
+                        config.snapshot_dir.display()
+                    ))
+                })?;
+                control_plane::initial_state(
+                    &config.snapshot_dir,
+                    routing_header,
+                    config.access_log,
+                    workers,
+                )?
+            }
+        };
+        let shared = Arc::new(shared);
         let proxy_listeners =
             server::bind_reuseport(config.listen, workers).map_err(|source| StartError::Bind {
                 addr: config.listen,
@@ -230,12 +261,22 @@ impl Router {
         }
         control.block_on(async move {
             let stop_control = CancellationToken::new();
-            let watcher = tokio::spawn(reload::watch_file(
-                config.config.clone(),
-                config.watch_interval(),
-                Arc::clone(&shared),
-                stop_control.clone(),
-            ));
+            let watcher = match config.source() {
+                Source::File(path) => tokio::spawn(reload::watch_file(
+                    path.to_path_buf(),
+                    config.watch_interval(),
+                    Arc::clone(&shared),
+                    stop_control.clone(),
+                )),
+                Source::ControlPlane(_) => {
+                    let settings = control_plane::Settings::from_config(&config);
+                    tokio::spawn(control_plane::follow(
+                        settings,
+                        Arc::clone(&shared),
+                        stop_control.clone(),
+                    ))
+                }
+            };
             let upkeep = {
                 let metrics = metrics.clone();
                 let stop = stop_control.clone();

@@ -1,4 +1,5 @@
-//! `router --config FILE [--listen ADDR] [--admin ADDR] [--workers N]`: see `router --help`.
+//! `router --config FILE | --control-plane URL[,URL...] [--snapshot-dir DIR] [--listen ADDR]
+//! [--admin ADDR] [--workers N]`: see `router --help`.
 
 use std::io::Write;
 use std::process::ExitCode;

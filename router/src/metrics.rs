@@ -31,6 +31,13 @@ pub const CONFIG_GENERATION: &str = "router_config_generation";
 pub const ROUTES: &str = "router_routes";
 /// Config reload attempts by result (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "router_config_reloads_total";
+/// Where the rule set in use came from: 1 for its `source` label (`file`, `snapshot`,
+/// `control_plane`, `none`), 0 for the others.
+pub const CONFIG_SOURCE: &str = "router_config_source";
+/// 1 while a control-plane Watch stream is open, else 0.
+pub const CONTROL_PLANE_CONNECTED: &str = "router_control_plane_connected";
+/// Snapshots written to the snapshot dir, by result (`ok`, `error`).
+pub const SNAPSHOT_WRITES_TOTAL: &str = "router_snapshot_writes_total";
 
 /// Histogram buckets for request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -81,6 +88,18 @@ pub fn describe() {
     );
     metrics::describe_gauge!(ROUTES, "Routes in the table in use");
     metrics::describe_counter!(CONFIG_RELOADS_TOTAL, "Config reload attempts by result");
+    metrics::describe_gauge!(
+        CONFIG_SOURCE,
+        "Where the rule set in use came from (1 for its source label)"
+    );
+    metrics::describe_gauge!(
+        CONTROL_PLANE_CONNECTED,
+        "1 while a control-plane Watch stream is open"
+    );
+    metrics::describe_counter!(
+        SNAPSHOT_WRITES_TOTAL,
+        "Snapshots written to the snapshot dir, by result"
+    );
 }
 
 /// Publishes gauges that are kept as plain atomics on the hot path; called before a scrape.
@@ -205,4 +224,26 @@ pub fn record_table(version: u64, generation: u64, routes: usize) {
     metrics::gauge!(CONFIG_VERSION).set(version as f64);
     metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
     metrics::gauge!(ROUTES).set(routes as f64);
+}
+
+/// Publishes where the rule set in use came from.
+pub fn record_source(source: crate::state::ConfigSource) {
+    for s in crate::state::ConfigSource::ALL {
+        metrics::gauge!(CONFIG_SOURCE, "source" => s.as_str()).set(if s == source {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// Publishes whether a control-plane Watch stream is open.
+pub fn record_control_plane_connected(connected: bool) {
+    metrics::gauge!(CONTROL_PLANE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// Records the outcome of writing a snapshot to the snapshot dir.
+pub fn record_snapshot_write(ok: bool) {
+    metrics::counter!(SNAPSHOT_WRITES_TOTAL, "result" => if ok { "ok" } else { "error" })
+        .increment(1);
 }

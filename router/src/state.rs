@@ -1,6 +1,6 @@
 //! State shared by every worker, the admin API and the reloader.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -24,9 +24,59 @@ pub struct Shared {
     pub workers: usize,
     /// False while starting and once draining; `/readyz` answers 503 then.
     pub ready: AtomicBool,
+    /// False until a rule set is in force (control-plane mode without a snapshot on disk
+    /// starts with an empty table); `/readyz` answers 503 then.
+    configured: AtomicBool,
+    /// Where the rule set in force came from ([`ConfigSource`] as a byte).
+    source: AtomicU8,
+    /// Whether a control-plane Watch stream is open.
+    control_plane_connected: AtomicBool,
     generation: AtomicU64,
     /// Serialises table builds so two appliers cannot interleave generations.
     apply_lock: Mutex<()>,
+}
+
+/// Where the rule set in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConfigSource {
+    /// Nothing yet: an empty table, waiting for the control plane.
+    None = 0,
+    /// The `--config` file (or `PUT /config`).
+    File = 1,
+    /// The snapshot kept on disk by an earlier run, read at startup.
+    Snapshot = 2,
+    /// A snapshot received on the control-plane Watch stream.
+    ControlPlane = 3,
+}
+
+impl ConfigSource {
+    /// Every source, in label order.
+    pub const ALL: [ConfigSource; 4] = [
+        ConfigSource::None,
+        ConfigSource::File,
+        ConfigSource::Snapshot,
+        ConfigSource::ControlPlane,
+    ];
+
+    /// The label used in `/readyz` and the `router_config_source` metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigSource::None => "none",
+            ConfigSource::File => "file",
+            ConfigSource::Snapshot => "snapshot",
+            ConfigSource::ControlPlane => "control_plane",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ConfigSource::File,
+            2 => ConfigSource::Snapshot,
+            3 => ConfigSource::ControlPlane,
+            _ => ConfigSource::None,
+        }
+    }
 }
 
 /// Why a rule set was not applied.
@@ -54,15 +104,66 @@ impl Shared {
     ) -> Result<Self, ApplyError> {
         let table = build(rule_set, None, workers, 1)?;
         metrics::record_table(table.version, table.generation, table.len());
-        Ok(Shared {
+        let shared = Shared {
             table: ArcSwap::from_pointee(table),
             routing_header,
             access_log,
             workers,
             ready: AtomicBool::new(false),
+            configured: AtomicBool::new(true),
+            source: AtomicU8::new(ConfigSource::File as u8),
+            control_plane_connected: AtomicBool::new(false),
             generation: AtomicU64::new(1),
             apply_lock: Mutex::new(()),
-        })
+        };
+        metrics::record_source(ConfigSource::File);
+        Ok(shared)
+    }
+
+    /// An empty table (every key unknown) that is not ready until a rule set is applied:
+    /// the start of a router following a control plane with no snapshot on disk.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice (an empty rule set is valid); kept for symmetry with [`Shared::new`].
+    pub fn unconfigured(
+        routing_header: HeaderName,
+        access_log: bool,
+        workers: usize,
+    ) -> Result<Self, ApplyError> {
+        let shared = Self::new(RuleSet::default(), routing_header, access_log, workers)?;
+        shared.configured.store(false, Ordering::Relaxed);
+        shared.set_source(ConfigSource::None);
+        Ok(shared)
+    }
+
+    /// Whether a rule set is in force (false only before the first one in control-plane
+    /// mode).
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Relaxed)
+    }
+
+    /// Where the rule set in force came from.
+    pub fn source(&self) -> ConfigSource {
+        ConfigSource::from_u8(self.source.load(Ordering::Relaxed))
+    }
+
+    /// Records where the rule set in force came from (and publishes it as a metric).
+    pub fn set_source(&self, source: ConfigSource) {
+        self.source.store(source as u8, Ordering::Relaxed);
+        metrics::record_source(source);
+    }
+
+    /// Whether a control-plane Watch stream is open.
+    pub fn control_plane_connected(&self) -> bool {
+        self.control_plane_connected.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a control-plane Watch stream is open (and publishes it as a metric).
+    pub fn set_control_plane_connected(&self, connected: bool) {
+        self.control_plane_connected
+            .store(connected, Ordering::Relaxed);
+        metrics::record_control_plane_connected(connected);
     }
 
     /// Validates `rule_set`, builds a table from it and swaps it in atomically. Requests in
@@ -80,6 +181,7 @@ impl Shared {
         let table = Arc::new(result?);
         self.generation.store(generation, Ordering::Relaxed);
         self.table.store(Arc::clone(&table));
+        self.configured.store(true, Ordering::Relaxed);
         metrics::record_table(table.version, table.generation, table.len());
         tracing::info!(
             version = table.version,

@@ -91,6 +91,15 @@ impl LightbulbProcess {
         SERVICE.start_expecting_failure(text).await
     }
 
+    /// [`LightbulbProcess::start_expecting_failure`] with extra command-line arguments.
+    ///
+    /// # Panics
+    ///
+    /// As [`LightbulbProcess::start_expecting_failure`].
+    pub async fn start_expecting_failure_with_args(text: &str, extra: &[&str]) -> FailedStart {
+        SERVICE.start_expecting_failure_with_args(text, extra).await
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
@@ -152,6 +161,12 @@ impl LightbulbProcess {
         self.http.fetch(req).await
     }
 
+    /// Sends `req` (built with [`client::request`] on [`LightbulbProcess::http_addr`]) to the
+    /// HTTP API and reads the answer to the end.
+    pub async fn http_send(&self, req: http::Request<client::Body>) -> Collected {
+        self.http.fetch(req).await
+    }
+
     /// `POST` of a JSON body on the HTTP API, read to the end.
     pub async fn http_post_json(&self, path: &str, body: &serde_json::Value) -> Collected {
         self.http_post(path, body.to_string()).await
@@ -209,6 +224,15 @@ impl LightbulbProcess {
     /// When `kill` cannot be run or fails.
     pub fn sigterm(&self) {
         self.process.sigterm();
+    }
+
+    /// Sends SIGKILL (through `kill -KILL PID`), e.g. to crash it in the middle of a write.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` cannot be run or fails.
+    pub fn sigkill(&self) {
+        self.process.sigkill();
     }
 
     /// Waits for the process to exit (and for its output to be complete).

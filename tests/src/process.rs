@@ -125,6 +125,59 @@ impl Service {
         }
     }
 
+    /// Starts the service without a rule-set file: `BIN LISTEN_ARGS --workers 2 ARGS..`
+    /// (e.g. a router following a control plane), and waits (up to [`DEADLINE`]) for its
+    /// listening line.
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::start`].
+    pub async fn start_without_config(
+        &self,
+        args: &[&str],
+    ) -> (ServiceProcess, (SocketAddr, SocketAddr)) {
+        let (process, lines) = self.spawn_with(&self.listen_args, None, args);
+        self.wait_for_listening_line(process, lines).await
+    }
+
+    /// [`Service::start`] with `listen_args` in place of [`Service::listen_args`], e.g. to
+    /// start on an address a test reserved earlier.
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::start`].
+    pub async fn start_listening_on(
+        &self,
+        rule_set_text: &str,
+        listen_args: &[&str],
+        extra: &[&str],
+    ) -> Started {
+        let (dir, config_path) = temp_config(rule_set_text);
+        let (process, lines) = self.spawn_with(listen_args, Some(&config_path), extra);
+        let (process, addrs) = self.wait_for_listening_line(process, lines).await;
+        Started {
+            dir,
+            config_path,
+            process,
+            addrs,
+        }
+    }
+
+    async fn wait_for_listening_line(
+        &self,
+        mut process: ServiceProcess,
+        mut lines: StdoutLines,
+    ) -> (ServiceProcess, (SocketAddr, SocketAddr)) {
+        let [a, b] = self.addr_keys;
+        let expected = format!("{} {a}=.. {b}=..", self.listening);
+        let addrs = process
+            .wait_for_listening(&mut lines, &expected, |line| {
+                self.parse_listening_line(line)
+            })
+            .await;
+        (process, addrs)
+    }
+
     /// Starts the service on a rule-set file holding `rule_set_text`, expecting it to refuse
     /// to start: waits for it to exit.
     ///
@@ -132,8 +185,22 @@ impl Service {
     ///
     /// When it starts listening instead, or does not exit within the deadline.
     pub async fn start_expecting_failure(&self, rule_set_text: &str) -> FailedStart {
+        self.start_expecting_failure_with_args(rule_set_text, &[])
+            .await
+    }
+
+    /// [`Service::start_expecting_failure`] with `extra` arguments appended.
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::start_expecting_failure`].
+    pub async fn start_expecting_failure_with_args(
+        &self,
+        rule_set_text: &str,
+        extra: &[&str],
+    ) -> FailedStart {
         let (_dir, config_path) = temp_config(rule_set_text);
-        let (process, mut lines) = self.spawn(&config_path, &[]);
+        let (process, mut lines) = self.spawn(&config_path, extra);
         process
             .wait_for_failed_start(&mut lines, |line| self.parse_listening_line(line).is_some())
             .await
@@ -166,12 +233,28 @@ impl Service {
     /// stdin closed, stdout and stderr captured, and `RUST_LOG=info` unless the test run
     /// sets it.
     fn spawn(&self, config: &Path, extra: &[&str]) -> (ServiceProcess, StdoutLines) {
+        self.spawn_with(&self.listen_args, Some(config), extra)
+    }
+
+    /// [`Service::spawn`] with other listen flags, and without `--config` (nor
+    /// `--watch-interval-ms`) when `config` is `None`.
+    fn spawn_with(
+        &self,
+        listen_args: &[&str],
+        config: Option<&Path>,
+        extra: &[&str],
+    ) -> (ServiceProcess, StdoutLines) {
         let mut cmd = Command::new(self.bin());
-        cmd.arg("--config")
-            .arg(config)
-            .args(self.listen_args)
-            .args(["--workers", "2", "--watch-interval-ms", "50"])
-            .args(extra)
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args(listen_args).args(["--workers", "2"]);
+        // Tests pass API tokens explicitly; one in the caller's environment must not leak in.
+        cmd.env_remove("LIGHTBULB_API_TOKEN");
+        if config.is_some() {
+            cmd.args(["--watch-interval-ms", "50"]);
+        }
+        cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -341,6 +424,24 @@ impl ServiceProcess {
         assert!(
             status.success(),
             "kill -TERM {} failed: {status}",
+            self.pid()
+        );
+    }
+
+    /// Sends SIGKILL (through `kill -KILL PID`): the process gets no chance to clean up.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` cannot be run or fails.
+    pub fn sigkill(&self) {
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill -KILL");
+        assert!(
+            status.success(),
+            "kill -KILL {} failed: {status}",
             self.pid()
         );
     }

@@ -39,11 +39,12 @@ pub struct RouterProcess {
     pub proxy_addr: SocketAddr,
     /// Where the admin API listens.
     pub admin_addr: SocketAddr,
-    /// The rule-set file the router watches.
+    /// The rule-set file the router watches; for a router following a control plane, the
+    /// snapshot file in its snapshot dir.
     pub config_path: PathBuf,
     process: ServiceProcess,
     admin: HttpClient,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 // === impl RouterProcess ===
@@ -73,7 +74,44 @@ impl RouterProcess {
             config_path: started.config_path,
             process: started.process,
             admin: HttpClient::http1(),
-            _dir: started.dir,
+            _dir: Some(started.dir),
+        }
+    }
+
+    /// Starts a router following the control plane at `urls` (`--control-plane
+    /// URL,URL..`), keeping its snapshot in `snapshot_dir`, reconnecting within 200 ms
+    /// (`--control-plane-backoff-max-ms 200`), with `extra` arguments appended. Returns once
+    /// it listens, which it does whether or not a control plane answers.
+    ///
+    /// # Panics
+    ///
+    /// As [`RouterProcess::start`].
+    pub async fn start_following(
+        urls: &[String],
+        snapshot_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> RouterProcess {
+        let urls = urls.join(",");
+        let dir = snapshot_dir.to_str().expect("a UTF-8 snapshot dir");
+        let mut args = vec![
+            "--control-plane",
+            &urls,
+            "--snapshot-dir",
+            dir,
+            "--control-plane-backoff-initial-ms",
+            "20",
+            "--control-plane-backoff-max-ms",
+            "200",
+        ];
+        args.extend_from_slice(extra);
+        let (process, (proxy_addr, admin_addr)) = SERVICE.start_without_config(&args).await;
+        RouterProcess {
+            proxy_addr,
+            admin_addr,
+            config_path: snapshot_dir.join("snapshot.json"),
+            process,
+            admin: HttpClient::http1(),
+            _dir: None,
         }
     }
 

@@ -8,6 +8,8 @@
 
 mod balance;
 mod config_api;
+mod config_store;
+mod control_plane;
 mod errors;
 mod grpc;
 mod headers;

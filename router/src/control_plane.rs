@@ -1,0 +1,437 @@
+//! Following Lightbulb's `RoutingConfig.Watch` stream (`router --control-plane URL[,URL...]`).
+//!
+//! [`follow`] runs on the control runtime. It connects to the URLs in turn, one at a time,
+//! calls `Watch` with the router's node id and, for every [`pb::RoutingSnapshot`] received:
+//!
+//! 1. [`apply_snapshot`]: parses `rule_set_json` with models-config, checks that it is a
+//!    routing snapshot (its version matches, it has clusters and routes), and applies it
+//!    through [`Shared::apply`], which validates it and swaps the table whole. A snapshot
+//!    that fails any step is logged with every problem, counted in
+//!    `router_config_reloads_total{result="error"}`, and never applied: the current table
+//!    stays.
+//! 2. [`persist`]: writes the applied `rule_set_json` to `SNAPSHOT_DIR/snapshot.json`
+//!    atomically (temp file, fsync, rename, fsync of the dir), so a restart without the
+//!    control plane serves it at once ([`load_snapshot`]).
+//!
+//! On an error or a disconnect it moves to the next URL after an exponential backoff with
+//! jitter ([`Backoff`]), capped, and reset once a snapshot arrives. `router_control_plane_connected`
+//! is 1 while a stream is open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use models_config::spec::RuleSet;
+use routing_proto::lightbulb::v1 as pb;
+use routing_proto::lightbulb::v1::routing_config_client::RoutingConfigClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Source};
+use crate::route::RouteTable;
+use crate::state::{ApplyError, ConfigSource, Shared};
+
+/// The file in the snapshot dir holding the last applied snapshot (a models-config rule set).
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// Largest snapshot accepted from the stream (as `PUT /config`: a 100,000-route set is about
+/// 10 MiB).
+const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+
+/// How [`follow`] reaches the control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lightbulb gRPC URLs (`http://HOST:PORT`), tried in turn.
+    pub urls: Vec<String>,
+    /// Sent in every Watch request.
+    pub node_id: String,
+    /// Where the last applied snapshot is kept.
+    pub snapshot_dir: PathBuf,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Time allowed to connect and open the stream.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive ping interval (and ping timeout).
+    pub keepalive: Duration,
+}
+
+impl Settings {
+    /// The settings given by the `--control-plane*`, `--snapshot-dir` and `--node-id` flags
+    /// (no URLs in file mode).
+    pub fn from_config(config: &Config) -> Self {
+        let urls = match config.source() {
+            Source::ControlPlane(urls) => urls.to_vec(),
+            Source::File(_) => Vec::new(),
+        };
+        let (backoff_initial, backoff_max) = config.control_plane_backoff();
+        Settings {
+            urls,
+            node_id: config.node_id(),
+            snapshot_dir: config.snapshot_dir.clone(),
+            backoff_initial,
+            backoff_max,
+            connect_timeout: Duration::from_millis(config.control_plane_connect_timeout_ms.max(1)),
+            keepalive: Duration::from_millis(config.control_plane_keepalive_ms.max(1)),
+        }
+    }
+}
+
+/// The state a router following a control plane starts with: the snapshot kept in
+/// `snapshot_dir` (source `snapshot`, ready at once), or, without a valid one, an empty
+/// table that is not ready until the first snapshot is applied.
+///
+/// # Errors
+///
+/// Only if even an empty table cannot be built.
+pub fn initial_state(
+    snapshot_dir: &Path,
+    routing_header: HeaderName,
+    access_log: bool,
+    workers: usize,
+) -> Result<Shared, ApplyError> {
+    if let Some(rule_set) = load_snapshot(snapshot_dir) {
+        match Shared::new(rule_set, routing_header.clone(), access_log, workers) {
+            Ok(shared) => {
+                shared.set_source(ConfigSource::Snapshot);
+                tracing::info!(
+                    version = shared.table.load().version,
+                    "serving the snapshot kept on disk until the control plane answers"
+                );
+                return Ok(shared);
+            }
+            Err(e) => {
+                tracing::error!(dir = %snapshot_dir.display(), "snapshot on disk rejected; not ready until the control plane sends one: {e}");
+            }
+        }
+    }
+    Shared::unconfigured(routing_header, access_log, workers)
+}
+
+/// Why a snapshot was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// `rule_set_json` is not a models-config rule set.
+    #[error("rule_set_json is not a valid rule set: {0}")]
+    Parse(models_config::ConfigError),
+    /// The snapshot's version and its rule set's version differ.
+    #[error("snapshot version {snapshot} differs from the version {rule_set} of its rule set")]
+    VersionMismatch {
+        /// `RoutingSnapshot.version`.
+        snapshot: u64,
+        /// `version` inside `rule_set_json`.
+        rule_set: u64,
+    },
+    /// The rule set has no clusters or no routes: applying it would answer 404 to every key.
+    #[error(
+        "snapshot has {clusters} cluster(s) and {routes} route(s); a routing snapshot needs both"
+    )]
+    Empty {
+        /// Clusters in the rule set.
+        clusters: usize,
+        /// Routes in the rule set.
+        routes: usize,
+    },
+    /// Validation or the table build failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// What [`apply_snapshot`] did with a valid snapshot.
+#[derive(Debug)]
+pub enum Applied {
+    /// A new table is in force.
+    Changed(Arc<RouteTable>),
+    /// The snapshot equals the rule set in force; nothing was rebuilt.
+    Unchanged,
+}
+
+/// Parses, checks and applies one snapshot. On error nothing changes, every problem is in
+/// the error, and `router_config_reloads_total{result="error"}` is incremented.
+///
+/// # Errors
+///
+/// See [`SnapshotError`].
+pub fn apply_snapshot(
+    shared: &Shared,
+    snapshot: &pb::RoutingSnapshot,
+) -> Result<Applied, SnapshotError> {
+    let rule_set = match check(snapshot) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::metrics::record_reload(false);
+            return Err(e);
+        }
+    };
+    let in_force = shared.table.load_full();
+    if shared.is_configured()
+        && matches!(
+            shared.source(),
+            ConfigSource::Snapshot | ConfigSource::ControlPlane
+        )
+        && *in_force.rule_set == rule_set
+    {
+        shared.set_source(ConfigSource::ControlPlane);
+        return Ok(Applied::Unchanged);
+    }
+    let table = shared.apply(rule_set)?;
+    shared.set_source(ConfigSource::ControlPlane);
+    Ok(Applied::Changed(table))
+}
+
+fn check(snapshot: &pb::RoutingSnapshot) -> Result<RuleSet, SnapshotError> {
+    let rule_set = models_config::parse(&snapshot.rule_set_json).map_err(SnapshotError::Parse)?;
+    if rule_set.version != snapshot.version {
+        return Err(SnapshotError::VersionMismatch {
+            snapshot: snapshot.version,
+            rule_set: rule_set.version,
+        });
+    }
+    if rule_set.clusters.is_empty() || rule_set.routes.is_empty() {
+        return Err(SnapshotError::Empty {
+            clusters: rule_set.clusters.len(),
+            routes: rule_set.routes.len(),
+        });
+    }
+    Ok(rule_set)
+}
+
+/// Writes `rule_set_json` to `dir/snapshot.json` atomically: a temp file in `dir`, fsync,
+/// rename over the old one, fsync of `dir`. A crash leaves the old or the new file, whole.
+///
+/// # Errors
+///
+/// When a step fails (the old snapshot, if any, is then still in place).
+pub fn persist(dir: &Path, rule_set_json: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(rule_set_json.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The snapshot kept in `dir`, if there is a valid one. A missing file is `None`; an
+/// unreadable or invalid one is logged with every problem and is `None` too (the router then
+/// waits for the control plane).
+pub fn load_snapshot(dir: &Path) -> Option<RuleSet> {
+    let path = dir.join(SNAPSHOT_FILE);
+    if !path.exists() {
+        tracing::info!(path = %path.display(), "no snapshot on disk; not ready until the control plane sends one");
+        return None;
+    }
+    match models_config::load(&path) {
+        Ok(rule_set) => Some(rule_set),
+        Err(e) => {
+            for issue in e.issues() {
+                tracing::error!(path = %path.display(), at = %issue.path, "snapshot on disk rejected: {}", issue.message);
+            }
+            tracing::error!(path = %path.display(), "snapshot on disk rejected; not ready until the control plane sends one");
+            None
+        }
+    }
+}
+
+/// Checks a `--control-plane` URL: `http://HOST:PORT` (TLS is not supported).
+///
+/// # Errors
+///
+/// A message naming the problem.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("--control-plane {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!(
+            "--control-plane {url:?}: expected http://HOST:PORT"
+        ));
+    }
+    Ok(())
+}
+
+/// Exponential backoff with jitter: each delay is drawn from `[d/2, d]`, where `d` starts at
+/// the initial delay and doubles after every call up to the max.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff from `initial` up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    /// The next delay to wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = d / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let extra = if jitter_ms == 0 {
+            0
+        } else {
+            crate::rng::next_u64() % (jitter_ms + 1)
+        };
+        half + Duration::from_millis(extra)
+    }
+
+    /// Back to the initial delay (after a success).
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// Follows the control plane until `shutdown`: see the module docs.
+pub async fn follow(settings: Settings, shared: Arc<Shared>, shutdown: CancellationToken) {
+    if settings.urls.is_empty() {
+        return;
+    }
+    shared.set_control_plane_connected(false);
+    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+    let mut attempt = 0usize;
+    loop {
+        let url = &settings.urls[attempt % settings.urls.len()];
+        attempt = attempt.wrapping_add(1);
+        let ended = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ended = watch(url, &settings, &shared, &mut backoff) => ended,
+        };
+        shared.set_control_plane_connected(false);
+        let delay = backoff.next_delay();
+        tracing::warn!(url = %url, retry_in_ms = delay.as_millis() as u64, "control plane: {ended}; keeping the current routes");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    shared.set_control_plane_connected(false);
+}
+
+/// One connection: connect, Watch, apply every snapshot until the stream ends. Returns why
+/// it ended.
+async fn watch(
+    url: &str,
+    settings: &Settings,
+    shared: &Arc<Shared>,
+    backoff: &mut Backoff,
+) -> String {
+    let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
+        Ok(e) => e
+            .connect_timeout(settings.connect_timeout)
+            .http2_keep_alive_interval(settings.keepalive)
+            .keep_alive_timeout(settings.keepalive)
+            .keep_alive_while_idle(true),
+        Err(e) => return format!("invalid URL: {e}"),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return format!("cannot connect: {}", chain(&e)),
+    };
+    let mut client =
+        RoutingConfigClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
+    let request = pb::WatchRequest {
+        node_id: settings.node_id.clone(),
+    };
+    let mut stream =
+        match tokio::time::timeout(settings.connect_timeout, client.watch(request)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return format!("Watch failed: {status}"),
+            Err(_) => return "Watch did not answer in time".to_string(),
+        };
+    shared.set_control_plane_connected(true);
+    tracing::info!(url = %url, node_id = %settings.node_id, "control plane: following the Watch stream");
+    loop {
+        match stream.message().await {
+            Ok(Some(snapshot)) => {
+                backoff.reset();
+                let shared = Arc::clone(shared);
+                let dir = settings.snapshot_dir.clone();
+                // Parsing and building a large table is CPU work: off the control runtime.
+                let handled =
+                    tokio::task::spawn_blocking(move || handle(&shared, &dir, &snapshot)).await;
+                if handled.is_err() {
+                    tracing::error!("control plane: applying a snapshot panicked");
+                }
+            }
+            Ok(None) => return "the server ended the Watch stream".to_string(),
+            Err(status) => return format!("Watch stream broke: {status}"),
+        }
+    }
+}
+
+/// An error with its causes: `transport error: tcp connect error: Connection refused`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Applies one snapshot and, when it changed the table, keeps it on disk; logs the outcome.
+fn handle(shared: &Shared, dir: &Path, snapshot: &pb::RoutingSnapshot) {
+    match apply_snapshot(shared, snapshot) {
+        Ok(Applied::Changed(table)) => {
+            tracing::info!(
+                version = table.version,
+                generation = table.generation,
+                "control plane: snapshot applied"
+            );
+            match persist(dir, &snapshot.rule_set_json) {
+                Ok(()) => crate::metrics::record_snapshot_write(true),
+                Err(e) => {
+                    crate::metrics::record_snapshot_write(false);
+                    tracing::error!(dir = %dir.display(), error = %e, "control plane: cannot keep the snapshot on disk");
+                }
+            }
+        }
+        Ok(Applied::Unchanged) => {
+            tracing::debug!(
+                version = snapshot.version,
+                "control plane: snapshot equals the routes in force"
+            );
+        }
+        Err(e) => log_rejected(snapshot.version, &e),
+    }
+}
+
+fn log_rejected(version: u64, e: &SnapshotError) {
+    match e {
+        SnapshotError::Parse(parse) => {
+            for issue in parse.issues() {
+                tracing::error!(version, at = %issue.path, "control plane: snapshot rejected: {}", issue.message);
+            }
+        }
+        SnapshotError::Apply(ApplyError::Invalid(errors)) => {
+            for issue in &errors.0 {
+                tracing::error!(version, at = %issue.path, "control plane: snapshot rejected: {}", issue.message);
+            }
+        }
+        _ => tracing::error!(version, "control plane: snapshot rejected: {e}"),
+    }
+    tracing::error!(
+        version,
+        "control plane: snapshot rejected; keeping the current routes"
+    );
+}
+
+#[cfg(test)]
+mod tests;
