@@ -4,8 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cc >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# protoc: etcd-client's build script (Lightbulb's etcd store).
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+if ((${#need_apt[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 cargo build --release -p router -p lightbulb -p integration-tests --bin router --bin lightbulb --bin demo-model
 

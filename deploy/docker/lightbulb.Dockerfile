@@ -2,6 +2,8 @@
 #   docker build -f deploy/docker/lightbulb.Dockerfile -t lightbulb .
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# protoc: etcd-client's build script (the etcd store).
+RUN apt-get update && apt-get install -y protobuf-compiler && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p lightbulb
 

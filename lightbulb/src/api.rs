@@ -17,7 +17,9 @@
 //! column); then, under the one write lock: `If-Match` is the current version (409 with
 //! `current_version`), the whole new rule set validates (400 `invalid_config` with every
 //! problem), it is stored as the next version, and put in force through
-//! [`Reloader::apply`] (engine, cache, `RoutingConfig.Watch`). The answer is
+//! [`Reloader::apply_if_newer`] (engine, cache, `RoutingConfig.Watch`; newer only, because
+//! with the shared etcd store [`ConfigApi::follow`] puts versions written through any replica
+//! in force too). The answer is
 //! `{"version": N, "warnings": [..]}` with `ETag: "N"`, and the change is logged with who made
 //! it and a diff summary.
 //!
@@ -313,11 +315,18 @@ impl ConfigApi {
                 "stored, but shutting down: it will be in force after the restart",
             ));
         };
-        match reloader.apply(RuleSet::clone(&stored.rules)) {
-            Ok(version) => {
+        // Newer only: with a shared store, this replica's watch may have put this version,
+        // or a later one written elsewhere, in force already.
+        match reloader.apply_if_newer(RuleSet::clone(&stored.rules)) {
+            Ok(Some(version)) => {
                 crate::metrics::record_reload(true);
                 let diff = Diff::new(&previous.rules, &stored.rules);
                 tracing::info!(version, who, action, %diff, "rule set changed");
+                Ok(())
+            }
+            Ok(None) => {
+                let diff = Diff::new(&previous.rules, &stored.rules);
+                tracing::info!(version = stored.info.version, who, action, %diff, "rule set changed (already in force)");
                 Ok(())
             }
             // Validated before it was stored, so this is a bug; the store and the engine
@@ -329,6 +338,29 @@ impl ConfigApi {
                     "version {} was stored but could not be put in force: {errors}",
                     stored.info.version
                 )))
+            }
+        }
+    }
+}
+
+impl ConfigApi {
+    /// Puts a version that became current in a shared store (written by any replica) in
+    /// force, unless a version as new is already; ignored once closed.
+    pub fn follow(&self, snapshot: &Snapshot) {
+        let reloader = self.reloader.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reloader) = reloader.as_ref() else {
+            return;
+        };
+        let version = snapshot.info.version;
+        match reloader.apply_if_newer(RuleSet::clone(&snapshot.rules)) {
+            Ok(Some(_)) => {
+                crate::metrics::record_reload(true);
+                tracing::info!(version, who = %snapshot.info.who, "rule set changed in the store");
+            }
+            Ok(None) => {}
+            Err(errors) => {
+                crate::metrics::record_reload(false);
+                tracing::error!(version, %errors, "a stored rule set did not compile; keeping the running rules");
             }
         }
     }

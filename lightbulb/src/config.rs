@@ -33,10 +33,15 @@ pub struct Config {
     pub config: PathBuf,
 
     /// Versioned rule store: a directory (created if missing) holding one file per accepted
-    /// version, written atomically. Enables the config API (/v1/config and friends) on the
-    /// HTTP port. `etcd://HOST:PORT` is reserved for the etcd store (not available yet).
-    #[arg(long, value_name = "DIR")]
+    /// version, written atomically; or `etcd://HOST:PORT[,HOST:PORT...]`, an etcd cluster
+    /// shared by several replicas (each follows every change through an etcd watch).
+    /// Enables the config API (/v1/config and friends) on the HTTP port.
+    #[arg(long, value_name = "DIR|etcd://HOST:PORT[,...]")]
     pub store: Option<String>,
+
+    /// With an etcd --store: the key prefix the versions live under.
+    #[arg(long, value_name = "PREFIX", default_value = "/lightbulb")]
+    pub etcd_prefix: String,
 
     /// With --store: how many versions are kept (older ones are deleted after each write).
     #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(100).expect("100 is not zero"))]
@@ -127,6 +132,34 @@ impl Config {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
+    /// The etcd endpoints of an `etcd://` --store, `None` for a directory store.
+    ///
+    /// # Errors
+    ///
+    /// An `etcd://` store naming no endpoint.
+    pub fn etcd_endpoints(&self) -> Result<Option<Vec<String>>, String> {
+        let Some(list) = self
+            .store
+            .as_deref()
+            .and_then(|s| s.strip_prefix("etcd://"))
+        else {
+            return Ok(None);
+        };
+        let endpoints: Vec<String> = list
+            .trim_end_matches('/')
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(format!(
+                "--store {list:?}: etcd://HOST:PORT[,HOST:PORT...] names no endpoint"
+            ));
+        }
+        Ok(Some(endpoints))
+    }
+
     /// How long a cached resolution lives.
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_millis(self.cache_ttl_ms)
@@ -146,6 +179,22 @@ mod tests {
         assert!(c.worker_count() >= 1);
         assert!(c.cache_capacity > 0);
         assert!(c.cache_ttl() > Duration::ZERO);
+    }
+
+    #[test]
+    fn an_etcd_store_lists_its_endpoints() {
+        let parse = |store: &str| {
+            Config::parse_from(["lightbulb", "--config", "r.json", "--store", store])
+                .etcd_endpoints()
+        };
+        assert_eq!(parse("dir").unwrap(), None);
+        assert_eq!(
+            parse("etcd://a:2379, b:2379/").unwrap(),
+            Some(vec!["a:2379".to_owned(), "b:2379".to_owned()])
+        );
+        assert!(parse("etcd://").is_err());
+        let c = Config::parse_from(["lightbulb", "--config", "r.json"]);
+        assert_eq!(c.etcd_prefix, "/lightbulb");
     }
 
     #[test]

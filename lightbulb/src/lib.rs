@@ -44,7 +44,8 @@
 //! - [`reload`]: follows the rule-set file; a valid new rule set swaps the engine, clears the
 //!   cache and is published to `RoutingConfig.Watch`; an invalid one changes nothing.
 //! - [`store`] (`--store DIR`): the versioned rule store, one file per accepted version,
-//!   written atomically; it replaces the file watcher.
+//!   written atomically; it replaces the file watcher. [`etcd`] (`--store etcd://…`): the
+//!   same in etcd, shared by several replicas, each following every change by a watch.
 //! - [`api`]: the config API over the store (`/v1/config` and the granular endpoints); every
 //!   accepted change goes through [`reload::Reloader::apply`]. [`auth`]: its bearer tokens.
 //! - [`server`]: the tonic server (lightbulb services, `grpc.health.v1`, reflection).
@@ -62,6 +63,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
@@ -157,6 +159,8 @@ pub struct Lightbulb {
     runtime: tokio::runtime::Runtime,
     /// With `--store`: the store and who may change it.
     store: Option<(Arc<dyn store::Store>, api::Auth)>,
+    /// With an etcd `--store`: the same store, followed by a watch.
+    etcd: Option<Arc<etcd::EtcdStore>>,
 }
 
 impl Lightbulb {
@@ -172,15 +176,16 @@ impl Lightbulb {
             source,
         };
         let auth = api_auth(&config)?;
-        let (rules, store) = match &config.store {
+        let (rules, store, etcd) = match &config.store {
             None => (
                 models_config::load(&config.config).map_err(config_error)?,
                 None,
+                None,
             ),
             Some(dir) => {
-                let store = open_store(&config, dir)?;
+                let (store, etcd) = open_store(&config, dir)?;
                 let rules = RuleSet::clone(&store.current().rules);
-                (rules, Some(store))
+                (rules, Some(store), etcd)
             }
         };
         let store = store.zip(auth);
@@ -223,6 +228,7 @@ impl Lightbulb {
             metrics,
             runtime,
             store,
+            etcd,
         })
     }
 
@@ -266,6 +272,7 @@ impl Lightbulb {
             metrics,
             runtime,
             store,
+            etcd,
             ..
         } = self;
         runtime.block_on(async move {
@@ -284,6 +291,11 @@ impl Lightbulb {
                         auth,
                         config.max_body_bytes,
                     ));
+                    // A shared store: follow what every replica writes.
+                    if let Some(etcd) = &etcd {
+                        let config_api = Arc::clone(&config_api);
+                        etcd.follow(stop.clone(), move |snapshot| config_api.follow(&snapshot));
+                    }
                     (None, Some(config_api))
                 }
                 None => {
@@ -408,12 +420,13 @@ fn api_auth(config: &Config) -> Result<Option<api::Auth>, StartError> {
     Ok(Some(api::Auth::Tokens(tokens)))
 }
 
-/// Opens the directory store, seeding an empty one from `--config`.
-fn open_store(config: &Config, dir: &str) -> Result<Arc<dyn store::Store>, StartError> {
-    if dir.starts_with("etcd://") {
-        return Err(StartError::Usage(format!(
-            "--store {dir}: the etcd store is not available yet; use a directory"
-        )));
+/// The store, and the same store again when it is etcd's.
+type OpenedStore = (Arc<dyn store::Store>, Option<Arc<etcd::EtcdStore>>);
+
+/// Opens the directory or etcd store, seeding an empty one from `--config`.
+fn open_store(config: &Config, dir: &str) -> Result<OpenedStore, StartError> {
+    if let Some(endpoints) = config.etcd_endpoints().map_err(StartError::Usage)? {
+        return open_etcd(config, dir, &endpoints);
     }
     let path = std::path::Path::new(dir);
     let store_error = |source| StartError::Store {
@@ -441,7 +454,40 @@ fn open_store(config: &Config, dir: &str) -> Result<Arc<dyn store::Store>, Start
         who = %current.info.who,
         "rule store opened"
     );
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), None))
+}
+
+/// Opens the etcd store, seeding an empty prefix from `--config`.
+fn open_etcd(config: &Config, url: &str, endpoints: &[String]) -> Result<OpenedStore, StartError> {
+    let store_error = |source| StartError::Store {
+        dir: url.to_owned(),
+        source,
+    };
+    let prefix = &config.etcd_prefix;
+    let history = config.history.get();
+    // The seed is read only when the prefix is empty.
+    let store = match etcd::EtcdStore::open(endpoints, prefix, history, None) {
+        Ok(store) => store,
+        Err(store::StoreError::Empty) => {
+            let seed =
+                models_config::load(&config.config).map_err(|source| StartError::Config {
+                    path: config.config.display().to_string(),
+                    source,
+                })?;
+            etcd::EtcdStore::open(endpoints, prefix, history, Some(seed)).map_err(store_error)?
+        }
+        Err(e) => return Err(store_error(e)),
+    };
+    let current = store.current();
+    tracing::info!(
+        store = url,
+        prefix,
+        version = current.info.version,
+        who = %current.info.who,
+        "rule store opened"
+    );
+    let store = Arc::new(store);
+    Ok((Arc::clone(&store) as Arc<dyn store::Store>, Some(store)))
 }
 
 /// Prometheus histogram upkeep every few seconds, until `stop`.

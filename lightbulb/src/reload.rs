@@ -68,6 +68,26 @@ impl Reloader {
         crate::metrics::record_version(version);
         Ok(version)
     }
+
+    /// The version of the rule set in force.
+    pub fn version(&self) -> u64 {
+        self.rules.borrow().version
+    }
+
+    /// Like [`Reloader::apply`], but only when `rules` is newer than the rule set in force;
+    /// returns `None` (and changes nothing) otherwise. A versioned store's versions only move
+    /// forward, so with several paths to the same version (the API write and the store's
+    /// watch) each version is put in force once, and never replaced by an older one.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found, when `rules` does not validate; nothing changes then.
+    pub fn apply_if_newer(&self, rules: RuleSet) -> Result<Option<u64>, ValidationErrors> {
+        if rules.version <= self.version() {
+            return Ok(None);
+        }
+        self.apply(rules).map(Some)
+    }
 }
 
 /// Watches `path` every `interval` until `shutdown`, applying each new content through
@@ -169,6 +189,20 @@ mod tests {
         assert_eq!(answer(&engine), "b");
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().version, 7);
+    }
+
+    #[test]
+    fn only_a_newer_version_is_applied_if_newer() {
+        let (reloader, engine, rx) = reloader();
+        let mut next = models_config::parse(&rules("b").to_string()).unwrap();
+        next.version = 3;
+        assert_eq!(reloader.apply_if_newer(next.clone()).unwrap(), Some(3));
+        assert_eq!(reloader.apply_if_newer(next.clone()).unwrap(), None);
+        let mut older = models_config::parse(&rules("a").to_string()).unwrap();
+        older.version = 2;
+        assert_eq!(reloader.apply_if_newer(older).unwrap(), None);
+        assert_eq!(answer(&engine), "b");
+        assert_eq!(rx.borrow().version, 3);
     }
 
     #[test]

@@ -90,6 +90,14 @@ pub enum StoreError {
         /// The directory.
         dir: PathBuf,
     },
+    /// The etcd store could not be reached, or answered something unexpected.
+    #[error("etcd: {what}: {message}")]
+    Etcd {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        message: String,
+    },
     /// The store is empty and there is nothing to seed it with.
     #[error("the store is empty")]
     Empty,
@@ -120,7 +128,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn get(&self, version: u64) -> Result<Option<Snapshot>, StoreError>;
 }
 
-/// The on-disk form of one version.
+/// The on-disk form of one version (also the value of an etcd version key).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VersionFile {
@@ -356,7 +364,7 @@ fn parse_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -370,8 +378,14 @@ fn read_version(path: &Path, version: u64) -> Result<Snapshot, StoreError> {
         path: path.to_owned(),
         source,
     })?;
+    decode_version(&bytes, version)
+}
+
+/// Parses and checks one stored version document (a version file, or an etcd version key's
+/// value) that should hold `version`.
+pub(crate) fn decode_version(bytes: &[u8], version: u64) -> Result<Snapshot, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt { version, message };
-    let file: VersionFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: VersionFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if file.version != version || file.rules.version != version {
         return Err(corrupt(format!(
             "it says version {} (rules {})",
@@ -391,6 +405,21 @@ fn read_version(path: &Path, version: u64) -> Result<Snapshot, StoreError> {
     })
 }
 
+/// The stored document of one version.
+pub(crate) fn encode_version(snapshot: &Snapshot) -> Result<Vec<u8>, StoreError> {
+    let version = snapshot.info.version;
+    let file = VersionFile {
+        version,
+        written_at_unix_ms: snapshot.info.written_at_unix_ms,
+        who: snapshot.info.who.clone(),
+        rules: RuleSet::clone(&snapshot.rules),
+    };
+    serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Corrupt {
+        version,
+        message: e.to_string(),
+    })
+}
+
 /// Writes one version atomically: temp file, fsync, rename, fsync of the directory.
 fn write_version(dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
     let version = snapshot.info.version;
@@ -401,16 +430,7 @@ fn write_version(dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
         let path = path.to_owned();
         move |source| StoreError::Io { what, path, source }
     };
-    let file = VersionFile {
-        version,
-        written_at_unix_ms: snapshot.info.written_at_unix_ms,
-        who: snapshot.info.who.clone(),
-        rules: RuleSet::clone(&snapshot.rules),
-    };
-    let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Corrupt {
-        version,
-        message: e.to_string(),
-    })?;
+    let bytes = encode_version(snapshot)?;
     let written = (|| {
         let mut f = File::create(&tmp).map_err(io("cannot create", &tmp))?;
         f.write_all(&bytes).map_err(io("cannot write", &tmp))?;

@@ -21,6 +21,7 @@
 //! synchronise and no test asserts on timing.
 
 pub mod client;
+pub mod etcd;
 pub mod fake_grpc;
 pub mod fake_model;
 pub mod lightbulb;

@@ -11,6 +11,7 @@ mod config_api;
 mod config_store;
 mod control_plane;
 mod errors;
+mod etcd_store;
 mod grpc;
 mod headers;
 mod lightbulb;
