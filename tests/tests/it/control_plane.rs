@@ -15,7 +15,8 @@ use http::Version;
 use integration_tests::lightbulb::LightbulbProcess;
 use integration_tests::process::{Service, Started, rule_set_text};
 use integration_tests::{
-    DEADLINE, FakeModel, HttpClient, Listening, RouterProcess, trace_init, wait_until, within,
+    DEADLINE, FakeModel, HttpClient, Listening, RouterProcess, client, trace_init, wait_until,
+    within,
 };
 use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
@@ -203,19 +204,45 @@ async fn a_router_follows_lightbulb_and_switches_routes_without_failing_a_reques
     assert_eq!(source, 1.0);
     wait_snapshot_version(&router, 1).await;
 
-    let proxy = router.proxy_addr;
+    switch_k_to_b_under_load(router.proxy_addr, || {
+        lightbulb.rewrite_config(&rules(2, "b", &a, &b));
+        std::future::ready(())
+    })
+    .await;
+
+    wait_served_by(&router, "k", "b").await;
+    assert_eq!(served_by(&client, router.proxy_addr, "other").await, "a");
+    let config = router.admin_json("/config").await;
+    assert_eq!(config["version"], 2);
+    wait_snapshot_version(&router, 2).await;
+    assert_eq!(
+        router
+            .metric("router_config_reloads_total", &[("result", "error")])
+            .await,
+        0.0
+    );
+}
+
+/// Runs HTTP/1.1 and h2c client loops on key `k` (served by `a`), makes `change` once they
+/// are under way, and asserts that no request fails and that each loop moves from `a` to
+/// `b` exactly once.
+async fn switch_k_to_b_under_load<F, Fut>(proxy: SocketAddr, change: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let sent = Arc::new(AtomicUsize::new(0));
-    let rewritten = Arc::new(AtomicBool::new(false));
+    let changed = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::new();
     for version in [Version::HTTP_11, Version::HTTP_2] {
         let sent = sent.clone();
-        let rewritten = rewritten.clone();
+        let changed = changed.clone();
         loops.push(tokio::spawn(async move {
             let client = HttpClient::for_version(version);
             let mut seen_b = 0;
             // Bounded: the loop must see the new cluster long before this many requests.
             for i in 0..20_000 {
-                let was_rewritten = rewritten.load(Ordering::SeqCst);
+                let was_changed = changed.load(Ordering::SeqCst);
                 let resp = client.get(proxy, "/", Some("k")).await;
                 sent.fetch_add(1, Ordering::SeqCst);
                 assert_eq!(
@@ -227,7 +254,7 @@ async fn a_router_follows_lightbulb_and_switches_routes_without_failing_a_reques
                 match resp.text().as_str() {
                     "a" => assert_eq!(seen_b, 0, "{version:?}: a answered after b did"),
                     "b" => {
-                        assert!(was_rewritten, "b answered before the change");
+                        assert!(was_changed, "b answered before the change");
                         seen_b += 1;
                         if seen_b == 50 {
                             return i + 1;
@@ -243,26 +270,60 @@ async fn a_router_follows_lightbulb_and_switches_routes_without_failing_a_reques
         std::future::ready(sent.load(Ordering::SeqCst) >= 100)
     })
     .await;
-    rewritten.store(true, Ordering::SeqCst);
-    lightbulb.rewrite_config(&rules(2, "b", &a, &b));
+    changed.store(true, Ordering::SeqCst);
+    change().await;
     for l in loops {
         let requests = within("a client loop to finish", 4 * DEADLINE, l)
             .await
             .expect("a client loop panicked");
         assert!(requests > 50);
     }
+}
 
-    wait_served_by(&router, "k", "b").await;
+#[tokio::test]
+async fn a_change_through_the_config_api_reaches_a_router_under_load_without_failing_a_request() {
+    let _trace = trace_init();
+    let (a, b) = fakes().await;
+    let store = tempfile::tempdir().expect("a temp dir");
+    let store_dir = store.path().join("rules");
+    let lightbulb = LightbulbProcess::start_with_args(
+        &rules(1, "a", &a, &b),
+        &[
+            "--store",
+            store_dir.to_str().expect("utf-8 path"),
+            "--insecure-no-auth",
+        ],
+    )
+    .await;
+    let snapshots = tempfile::tempdir().expect("a temp dir");
+    let router =
+        RouterProcess::start_following(&[lightbulb.grpc_url()], snapshots.path(), &[]).await;
+    wait_ready(&router).await;
+    let client = HttpClient::http1();
+    assert_eq!(served_by(&client, router.proxy_addr, "k").await, "a");
+
+    switch_k_to_b_under_load(router.proxy_addr, || async {
+        let resp = lightbulb
+            .http_send(
+                client::request(http::Method::PUT, lightbulb.http_addr, "/v1/routes/k")
+                    .header("content-type", "application/json")
+                    .body(client::full(r#"{"cluster":"b"}"#))
+                    .expect("a request"),
+            )
+            .await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        assert_eq!(resp.json()["version"], 2);
+    })
+    .await;
+
     assert_eq!(served_by(&client, router.proxy_addr, "other").await, "a");
-    let config = router.admin_json("/config").await;
-    assert_eq!(config["version"], 2);
+    assert_eq!(router.admin_json("/config").await["version"], 2);
     wait_snapshot_version(&router, 2).await;
-    assert_eq!(
-        router
-            .metric("router_config_reloads_total", &[("result", "error")])
-            .await,
-        0.0
-    );
 }
 
 #[tokio::test]
