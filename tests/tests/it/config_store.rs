@@ -12,11 +12,11 @@ use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-const OBJECTIVE: &str = "ContinueWatchingRanking";
-const TOKEN: &str = "s3cret";
+pub(crate) const OBJECTIVE: &str = "ContinueWatchingRanking";
+pub(crate) const TOKEN: &str = "s3cret";
 
 /// The seed rule set: everything goes to `default` (a model id), country CA to `ranker-v2`.
-fn rules(default: &str) -> Value {
+pub(crate) fn rules(default: &str) -> Value {
     json!({
         "clusters": {
             "ranker-v1": { "endpoints": ["127.0.0.1:9001"] },
@@ -92,25 +92,29 @@ async fn send(
 }
 
 /// `PUT /v1/config` of `rules` with `If-Match: "if_match"`, as alice.
-async fn put_config(lightbulb: &LightbulbProcess, if_match: u64, rules: &Value) -> Collected {
+pub(crate) async fn put_config(
+    lightbulb: &LightbulbProcess,
+    if_match: u64,
+    rules: &Value,
+) -> Collected {
     let req = authed(lightbulb, Method::PUT, "/v1/config")
         .header(header::IF_MATCH, format!("\"{if_match}\""));
     send(lightbulb, req, Some(rules)).await
 }
 
 /// `GET` that must answer 200, as JSON.
-async fn get_json(lightbulb: &LightbulbProcess, path: &str) -> Value {
+pub(crate) async fn get_json(lightbulb: &LightbulbProcess, path: &str) -> Value {
     let resp = lightbulb.http_get(path).await;
     assert_eq!(resp.status, 200, "GET {path}: {}", resp.text());
     resp.json()
 }
 
-fn assert_status(resp: &Collected, status: u16, what: &str) {
+pub(crate) fn assert_status(resp: &Collected, status: u16, what: &str) {
     assert_eq!(resp.status, status, "{what}: {}", resp.text());
 }
 
 /// The `POST /v1/resolve` answer for a request without attributes.
-async fn resolve(lightbulb: &LightbulbProcess) -> Value {
+pub(crate) async fn resolve(lightbulb: &LightbulbProcess) -> Value {
     let resp = lightbulb
         .http_post_json(
             "/v1/resolve",

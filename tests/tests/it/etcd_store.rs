@@ -7,43 +7,14 @@
 
 use std::collections::BTreeSet;
 
-use http::{Method, header};
-use integration_tests::client::{self, Collected};
 use integration_tests::etcd::EtcdProcess;
 use integration_tests::lightbulb::LightbulbProcess;
 use integration_tests::{DEADLINE, DeadPort, trace_init, wait_until, within};
 use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
+
+use crate::config_store::{OBJECTIVE, TOKEN, assert_status, get_json, put_config, resolve, rules};
 use tempfile::TempDir;
-
-const OBJECTIVE: &str = "ContinueWatchingRanking";
-const TOKEN: &str = "s3cret";
-
-/// The seed rule set: everything goes to `default` (a model id), country CA to `ranker-v2`.
-fn rules(default: &str) -> Value {
-    json!({
-        "clusters": {
-            "ranker-v1": { "endpoints": ["127.0.0.1:9001"] },
-            "ranker-v2": { "endpoints": ["127.0.0.1:9002"] }
-        },
-        "routes": {
-            "ranker-v1": { "cluster": "ranker-v1" },
-            "ranker-v2": { "cluster": "ranker-v2" }
-        },
-        "models": {
-            "ranker-v1": { "routing_key": "ranker-v1", "version": "1" },
-            "ranker-v2": { "routing_key": "ranker-v2", "version": "2" }
-        },
-        "objectives": {
-            OBJECTIVE: {
-                "rules": [
-                    { "when": { "attributes": { "country": ["CA"] } }, "model": "ranker-v2" }
-                ],
-                "default": default
-            }
-        }
-    })
-}
 
 /// One etcd and the token file the replicas share.
 struct Cluster {
@@ -82,44 +53,10 @@ impl Cluster {
     }
 }
 
-/// `PUT /v1/config` of `rules` with `If-Match: "if_match"`.
-async fn put_config(lightbulb: &LightbulbProcess, if_match: u64, rules: &Value) -> Collected {
-    let req = client::request(Method::PUT, lightbulb.http_addr, "/v1/config")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .header(header::IF_MATCH, format!("\"{if_match}\""))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(client::full(rules.to_string()))
-        .expect("a valid request");
-    lightbulb.http_send(req).await
-}
-
-/// `GET` that must answer 200, as JSON.
-async fn get_json(lightbulb: &LightbulbProcess, path: &str) -> Value {
-    let resp = lightbulb.http_get(path).await;
-    assert_eq!(resp.status, 200, "GET {path}: {}", resp.text());
-    resp.json()
-}
-
 async fn version(lightbulb: &LightbulbProcess) -> u64 {
     get_json(lightbulb, "/v1/config").await["version"]
         .as_u64()
         .expect("a version")
-}
-
-fn assert_status(resp: &Collected, status: u16, what: &str) {
-    assert_eq!(resp.status, status, "{what}: {}", resp.text());
-}
-
-/// The `POST /v1/resolve` answer for a request without attributes.
-async fn resolve(lightbulb: &LightbulbProcess) -> Value {
-    let resp = lightbulb
-        .http_post_json(
-            "/v1/resolve",
-            &json!({ "objective": OBJECTIVE, "subjectId": "s" }),
-        )
-        .await;
-    assert_status(&resp, 200, "resolve");
-    resp.json()
 }
 
 /// Waits until `lightbulb` serves `version` both from its config API and its engine.
