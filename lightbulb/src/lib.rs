@@ -256,10 +256,18 @@ impl Lightbulb {
     /// every `RoutingConfig.Watch` stream; calls in flight finish, up to
     /// `--drain-timeout-ms`, after which the rest are cut off. The process then exits 0.
     ///
+    /// `on_serving` runs once both servers accept calls and health reports `SERVING` (the
+    /// moment to announce Lightbulb): a health check made after it never sees the start-up
+    /// gap.
+    ///
     /// # Errors
     ///
     /// When a listener cannot be registered with the runtime.
-    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    pub fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        on_serving: impl FnOnce(),
+    ) -> Result<(), StartError> {
         let Lightbulb {
             config,
             engine,
@@ -342,6 +350,7 @@ impl Lightbulb {
             health.serving().await;
             ready.store(true, Ordering::Relaxed);
             tracing::info!("serving");
+            on_serving();
 
             shutdown.await;
             tracing::info!("shutting down: not serving, no new connections, draining");

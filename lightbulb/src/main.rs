@@ -50,13 +50,12 @@ fn main() -> ExitCode {
             }
         }
     };
-    println!(
-        "lightbulb listening grpc={} http={}",
-        lightbulb.grpc_addr(),
-        lightbulb.http_addr()
-    );
-    let _ = std::io::stdout().flush();
-    match lightbulb.run(shutdown.wait()) {
+    let (grpc, http) = (lightbulb.grpc_addr(), lightbulb.http_addr());
+    let announce = move || {
+        println!("lightbulb listening grpc={grpc} http={http}");
+        let _ = std::io::stdout().flush();
+    };
+    match lightbulb.run(shutdown.wait(), announce) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lightbulb: {e}");

@@ -68,6 +68,13 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub control_plane_keepalive_ms: u64,
 
+    /// With --control-plane: how long a snapshot older than the routes in force is held back,
+    /// in milliseconds. A Lightbulb replica that is behind (after a fail-over) sends a newer
+    /// one as soon as it catches up, which replaces it; one that keeps offering the older
+    /// version (its store was reset) gets it applied when this time has passed.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub control_plane_stale_grace_ms: u64,
+
     /// With --control-plane: the name sent in the Watch request, shown in Lightbulb's logs
     /// [default: HOSTNAME-PID].
     #[arg(long, value_name = "NAME")]

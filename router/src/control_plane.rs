@@ -55,6 +55,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// HTTP/2 keepalive ping interval (and ping timeout).
     pub keepalive: Duration,
+    /// How long a snapshot older than the routes in force is held back before it is applied.
+    pub stale_grace: Duration,
 }
 
 impl Settings {
@@ -74,6 +76,7 @@ impl Settings {
             backoff_max,
             connect_timeout: Duration::from_millis(config.control_plane_connect_timeout_ms.max(1)),
             keepalive: Duration::from_millis(config.control_plane_keepalive_ms.max(1)),
+            stale_grace: Duration::from_millis(config.control_plane_stale_grace_ms),
         }
     }
 }
@@ -352,22 +355,64 @@ async fn watch(
         };
     shared.set_control_plane_connected(true);
     tracing::info!(url = %url, node_id = %settings.node_id, "control plane: following the Watch stream");
+    // A snapshot older than the routes in force, held back until `stale_grace` has passed:
+    // after a fail-over to a replica that is behind, that replica's newer snapshot replaces
+    // it; a control plane that keeps offering the older version (a reset store) wins.
+    let mut held: Option<(pb::RoutingSnapshot, tokio::time::Instant)> = None;
     loop {
-        match stream.message().await {
-            Ok(Some(snapshot)) => {
-                backoff.reset();
-                let shared = Arc::clone(shared);
-                let dir = settings.snapshot_dir.clone();
-                // Parsing and building a large table is CPU work: off the control runtime.
-                let handled =
-                    tokio::task::spawn_blocking(move || handle(&shared, &dir, &snapshot)).await;
-                if handled.is_err() {
-                    tracing::error!("control plane: applying a snapshot panicked");
-                }
+        let hold_until = held.as_ref().map(|(_, until)| *until);
+        let next = tokio::select! {
+            message = stream.message() => Some(message),
+            () = sleep_until_or_forever(hold_until) => None,
+        };
+        let snapshot = match next {
+            None => {
+                let (snapshot, _) = held.take().expect("a deadline implies a held snapshot");
+                tracing::warn!(
+                    version = snapshot.version,
+                    in_force = shared.table.load().version,
+                    "control plane: applying an older snapshot, offered for {:?} without a newer one",
+                    settings.stale_grace
+                );
+                snapshot
             }
-            Ok(None) => return "the server ended the Watch stream".to_string(),
-            Err(status) => return format!("Watch stream broke: {status}"),
+            Some(Ok(Some(snapshot))) => {
+                backoff.reset();
+                let in_force = shared.table.load().version;
+                if shared.is_configured() && snapshot.version < in_force {
+                    crate::metrics::record_stale_snapshot();
+                    tracing::warn!(
+                        version = snapshot.version,
+                        in_force,
+                        "control plane: snapshot older than the routes in force; holding it back for {:?}",
+                        settings.stale_grace
+                    );
+                    let until = hold_until
+                        .unwrap_or_else(|| tokio::time::Instant::now() + settings.stale_grace);
+                    held = Some((snapshot, until));
+                    continue;
+                }
+                held = None;
+                snapshot
+            }
+            Some(Ok(None)) => return "the server ended the Watch stream".to_string(),
+            Some(Err(status)) => return format!("Watch stream broke: {status}"),
+        };
+        let shared = Arc::clone(shared);
+        let dir = settings.snapshot_dir.clone();
+        // Parsing and building a large table is CPU work: off the control runtime.
+        let handled = tokio::task::spawn_blocking(move || handle(&shared, &dir, &snapshot)).await;
+        if handled.is_err() {
+            tracing::error!("control plane: applying a snapshot panicked");
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

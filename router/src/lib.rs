@@ -228,10 +228,18 @@ impl Router {
     /// to the drain deadline, and returns. Blocks the calling thread, which runs the admin API
     /// and the config watcher; the proxy runs on its own worker threads.
     ///
+    /// `on_serving` runs once the workers, the admin API and the config source are running
+    /// (the moment to announce the router): a check of `/readyz` made after it sees the real
+    /// readiness, never the start-up gap.
+    ///
     /// # Errors
     ///
     /// When a worker thread or the control runtime cannot be started.
-    pub fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    pub fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        on_serving: impl FnOnce(),
+    ) -> Result<(), StartError> {
         let Router {
             config,
             shared,
@@ -313,6 +321,7 @@ impl Router {
                 }
             };
             shared.ready.store(true, Ordering::Relaxed);
+            on_serving();
             shutdown.await;
             tracing::info!("shutting down: not ready, no new connections, draining");
             shared.ready.store(false, Ordering::Relaxed);

@@ -58,13 +58,12 @@ fn main() -> ExitCode {
             }
         }
     };
-    println!(
-        "router listening proxy={} admin={}",
-        router.proxy_addr(),
-        router.admin_addr()
-    );
-    let _ = std::io::stdout().flush();
-    match router.run(shutdown.wait()) {
+    let (proxy, admin) = (router.proxy_addr(), router.admin_addr());
+    let announce = move || {
+        println!("router listening proxy={proxy} admin={admin}");
+        let _ = std::io::stdout().flush();
+    };
+    match router.run(shutdown.wait(), announce) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("router: {e}");

@@ -38,6 +38,8 @@ pub const CONFIG_SOURCE: &str = "router_config_source";
 pub const CONTROL_PLANE_CONNECTED: &str = "router_control_plane_connected";
 /// Snapshots written to the snapshot dir, by result (`ok`, `error`).
 pub const SNAPSHOT_WRITES_TOTAL: &str = "router_snapshot_writes_total";
+/// Snapshots older than the routes in force, held back (see `--control-plane-stale-grace-ms`).
+pub const STALE_SNAPSHOTS_TOTAL: &str = "router_control_plane_stale_snapshots_total";
 
 /// Histogram buckets for request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -99,6 +101,10 @@ pub fn describe() {
     metrics::describe_counter!(
         SNAPSHOT_WRITES_TOTAL,
         "Snapshots written to the snapshot dir, by result"
+    );
+    metrics::describe_counter!(
+        STALE_SNAPSHOTS_TOTAL,
+        "Snapshots older than the routes in force, held back"
     );
 }
 
@@ -240,6 +246,11 @@ pub fn record_source(source: crate::state::ConfigSource) {
 /// Publishes whether a control-plane Watch stream is open.
 pub fn record_control_plane_connected(connected: bool) {
     metrics::gauge!(CONTROL_PLANE_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// Records a snapshot older than the routes in force.
+pub fn record_stale_snapshot() {
+    metrics::counter!(STALE_SNAPSHOTS_TOTAL).increment(1);
 }
 
 /// Records the outcome of writing a snapshot to the snapshot dir.

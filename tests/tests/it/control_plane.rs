@@ -501,3 +501,68 @@ async fn an_invalid_snapshot_is_counted_and_never_applied() {
         "every problem is logged"
     );
 }
+
+#[tokio::test]
+async fn an_older_snapshot_is_held_back_and_a_newer_one_replaces_it() {
+    let _trace = trace_init();
+    let (a, b) = fakes().await;
+    let (url, snapshots, _stop) = start_fake_watch().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // The default grace (5 s) is far longer than this test needs between its two sends.
+    let router = RouterProcess::start_following(&[url], dir.path(), &[]).await;
+    snapshots
+        .send(snapshot(5, &rules(5, "b", &a, &b)))
+        .expect("the fake is watched");
+    wait_ready(&router).await;
+    wait_snapshot_version(&router, 5).await;
+
+    // A replica that is behind offers version 3, then catches up with version 6.
+    snapshots
+        .send(snapshot(3, &rules(3, "a", &a, &b)))
+        .expect("the fake is watched");
+    router
+        .wait_for_metric("router_control_plane_stale_snapshots_total", &[], |v| {
+            v >= 1.0
+        })
+        .await;
+    let client = HttpClient::http1();
+    assert_eq!(served_by(&client, router.proxy_addr, "k").await, "b");
+    snapshots
+        .send(snapshot(6, &rules(6, "b", &a, &b)))
+        .expect("the fake is watched");
+    wait_snapshot_version(&router, 6).await;
+    assert_eq!(router.admin_json("/config").await["version"], 6);
+    assert_eq!(
+        router
+            .metric("router_config_reloads_total", &[("result", "ok")])
+            .await,
+        2.0,
+        "versions 5 and 6 were applied, 3 never"
+    );
+}
+
+#[tokio::test]
+async fn an_older_snapshot_offered_past_the_grace_period_is_applied() {
+    let _trace = trace_init();
+    let (a, b) = fakes().await;
+    let (url, snapshots, _stop) = start_fake_watch().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let router = RouterProcess::start_following(
+        &[url],
+        dir.path(),
+        &["--control-plane-stale-grace-ms", "100"],
+    )
+    .await;
+    snapshots
+        .send(snapshot(5, &rules(5, "b", &a, &b)))
+        .expect("the fake is watched");
+    wait_ready(&router).await;
+
+    // The control plane's store was reset: version 1 is all it will ever offer.
+    snapshots
+        .send(snapshot(1, &rules(1, "a", &a, &b)))
+        .expect("the fake is watched");
+    wait_snapshot_version(&router, 1).await;
+    wait_served_by(&router, "k", "a").await;
+    assert_eq!(router.admin_json("/config").await["version"], 1);
+}
