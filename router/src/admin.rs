@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::state::{ApplyError, Shared};
+use crate::state::{ApplyError, ConfigSource, Shared};
 
 /// Largest rule set `PUT /config` accepts (a 100,000-route set is about 10 MiB).
 const MAX_CONFIG_BYTES: usize = 256 * 1024 * 1024;
@@ -104,7 +104,7 @@ async fn put_config(State(admin): State<Admin>, headers: HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(e) => return invalid(e.issues()),
     };
-    match admin.shared.apply(rule_set) {
+    match admin.shared.apply(rule_set, ConfigSource::File) {
         Ok(table) => Json(json!({ "version": table.version, "generation": table.generation, "routes": table.len() })).into_response(),
         Err(ApplyError::Invalid(errors)) => invalid(errors.0),
         Err(e @ ApplyError::Build(_)) => error(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string(), None),

@@ -95,9 +95,14 @@ pub fn initial_state(
     workers: usize,
 ) -> Result<Shared, ApplyError> {
     if let Some(rule_set) = load_snapshot(snapshot_dir) {
-        match Shared::new(rule_set, routing_header.clone(), access_log, workers) {
+        match Shared::new(
+            rule_set,
+            ConfigSource::Snapshot,
+            routing_header.clone(),
+            access_log,
+            workers,
+        ) {
             Ok(shared) => {
-                shared.set_source(ConfigSource::Snapshot);
                 tracing::info!(
                     version = shared.table.load().version,
                     "serving the snapshot kept on disk until the control plane answers"
@@ -178,8 +183,7 @@ pub fn apply_snapshot(
         shared.set_source(ConfigSource::ControlPlane);
         return Ok(Applied::Unchanged);
     }
-    let table = shared.apply(rule_set)?;
-    shared.set_source(ConfigSource::ControlPlane);
+    let table = shared.apply(rule_set, ConfigSource::ControlPlane)?;
     Ok(Applied::Changed(table))
 }
 

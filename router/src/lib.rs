@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use config::Source;
-use state::{ApplyError, Shared};
+use state::{ApplyError, ConfigSource, Shared};
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,13 @@ impl Router {
                     path: path.display().to_string(),
                     source,
                 })?;
-                Shared::new(rule_set, routing_header, config.access_log, workers)?
+                Shared::new(
+                    rule_set,
+                    ConfigSource::File,
+                    routing_header,
+                    config.access_log,
+                    workers,
+                )?
             }
             Source::ControlPlane(urls) => {
                 if urls.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use models_config::follow::FileFollower;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::Shared;
+use crate::state::{ConfigSource, Shared};
 
 /// Watches `path` every `interval` until `shutdown`, applying each new content to `shared`.
 /// An invalid file is logged with every problem and the current table is kept.
@@ -42,7 +42,7 @@ pub async fn watch_file(
 pub fn reload_bytes(shared: &Shared, path: &Path, content: &[u8]) {
     match models_config::parse_slice(content) {
         Ok(rule_set) => {
-            if let Err(e) = shared.apply(rule_set) {
+            if let Err(e) = shared.apply(rule_set, ConfigSource::File) {
                 tracing::error!(path = %path.display(), "config rejected; keeping the current routes: {e}");
             }
         }

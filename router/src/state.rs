@@ -24,10 +24,9 @@ pub struct Shared {
     pub workers: usize,
     /// False while starting and once draining; `/readyz` answers 503 then.
     pub ready: AtomicBool,
-    /// False until a rule set is in force (control-plane mode without a snapshot on disk
-    /// starts with an empty table); `/readyz` answers 503 then.
-    configured: AtomicBool,
-    /// Where the rule set in force came from ([`ConfigSource`] as a byte).
+    /// Where the rule set in force came from ([`ConfigSource`] as a byte); `None` until one
+    /// is (control-plane mode without a snapshot on disk starts with an empty table), and
+    /// `/readyz` answers 503 then.
     source: AtomicU8,
     /// Whether a control-plane Watch stream is open.
     control_plane_connected: AtomicBool,
@@ -42,7 +41,7 @@ pub struct Shared {
 pub enum ConfigSource {
     /// Nothing yet: an empty table, waiting for the control plane.
     None = 0,
-    /// The `--config` file (or `PUT /config`).
+    /// The `--config` file, or a rule set pushed with `PUT /config`.
     File = 1,
     /// The snapshot kept on disk by an earlier run, read at startup.
     Snapshot = 2,
@@ -91,13 +90,14 @@ pub enum ApplyError {
 }
 
 impl Shared {
-    /// Validates `rule_set` and builds the first table from it.
+    /// Validates `rule_set` and builds the first table from it, which came from `source`.
     ///
     /// # Errors
     ///
     /// When validation or the table build fails.
     pub fn new(
         rule_set: RuleSet,
+        source: ConfigSource,
         routing_header: HeaderName,
         access_log: bool,
         workers: usize,
@@ -110,13 +110,12 @@ impl Shared {
             access_log,
             workers,
             ready: AtomicBool::new(false),
-            configured: AtomicBool::new(true),
-            source: AtomicU8::new(ConfigSource::File as u8),
+            source: AtomicU8::new(source as u8),
             control_plane_connected: AtomicBool::new(false),
             generation: AtomicU64::new(1),
             apply_lock: Mutex::new(()),
         };
-        metrics::record_source(ConfigSource::File);
+        metrics::record_source(source);
         Ok(shared)
     }
 
@@ -131,16 +130,19 @@ impl Shared {
         access_log: bool,
         workers: usize,
     ) -> Result<Self, ApplyError> {
-        let shared = Self::new(RuleSet::default(), routing_header, access_log, workers)?;
-        shared.configured.store(false, Ordering::Relaxed);
-        shared.set_source(ConfigSource::None);
-        Ok(shared)
+        Self::new(
+            RuleSet::default(),
+            ConfigSource::None,
+            routing_header,
+            access_log,
+            workers,
+        )
     }
 
     /// Whether a rule set is in force (false only before the first one in control-plane
     /// mode).
     pub fn is_configured(&self) -> bool {
-        self.configured.load(Ordering::Relaxed)
+        self.source() != ConfigSource::None
     }
 
     /// Where the rule set in force came from.
@@ -166,13 +168,18 @@ impl Shared {
         metrics::record_control_plane_connected(connected);
     }
 
-    /// Validates `rule_set`, builds a table from it and swaps it in atomically. Requests in
-    /// flight finish on the table they started with. On error the current table stays.
+    /// Validates `rule_set`, builds a table from it and swaps it in atomically, recording
+    /// `source` as where it came from. Requests in flight finish on the table they started
+    /// with. On error the current table and source stay.
     ///
     /// # Errors
     ///
     /// When validation or the table build fails.
-    pub fn apply(&self, rule_set: RuleSet) -> Result<Arc<RouteTable>, ApplyError> {
+    pub fn apply(
+        &self,
+        rule_set: RuleSet,
+        source: ConfigSource,
+    ) -> Result<Arc<RouteTable>, ApplyError> {
         let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.table.load_full();
         let generation = self.generation.load(Ordering::Relaxed) + 1;
@@ -181,7 +188,7 @@ impl Shared {
         let table = Arc::new(result?);
         self.generation.store(generation, Ordering::Relaxed);
         self.table.store(Arc::clone(&table));
-        self.configured.store(true, Ordering::Relaxed);
+        self.set_source(source);
         metrics::record_table(table.version, table.generation, table.len());
         tracing::info!(
             version = table.version,
