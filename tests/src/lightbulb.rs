@@ -17,14 +17,16 @@ use std::time::Duration;
 use http::{Method, header};
 use routing_proto::lightbulb::v1::resolver_client::ResolverClient;
 use routing_proto::lightbulb::v1::routing_config_client::RoutingConfigClient;
+use routing_proto::lightbulb::v1::{RoutingSnapshot, WatchRequest};
 use tempfile::TempDir;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::client::{self, Collected, HttpClient};
 pub use crate::process::FailedStart;
 use crate::process::{Service, ServiceProcess, metric_value, rule_set_text, write_text_atomically};
-use crate::{DEADLINE, wait_until};
+use crate::{DEADLINE, wait_until, within};
 
 /// How to run the `lightbulb` binary.
 const SERVICE: Service = Service {
@@ -135,6 +137,23 @@ impl LightbulbProcess {
     /// A `lightbulb.v1.RoutingConfig` client on a new connection.
     pub async fn routing_config(&self) -> RoutingConfigClient<Channel> {
         RoutingConfigClient::new(self.channel().await)
+    }
+
+    /// Opens a `RoutingConfig.Watch` stream on a new connection, as a router named
+    /// `test-router` would.
+    ///
+    /// # Panics
+    ///
+    /// When the call fails.
+    pub async fn watch_snapshots(&self) -> Streaming<RoutingSnapshot> {
+        self.routing_config()
+            .await
+            .watch(WatchRequest {
+                node_id: "test-router".to_owned(),
+            })
+            .await
+            .expect("a Watch stream")
+            .into_inner()
     }
 
     /// A `grpc.health.v1.Health` client on a new connection.
@@ -259,6 +278,18 @@ impl LightbulbProcess {
 /// When it does not exist.
 pub fn lightbulb_bin() -> PathBuf {
     SERVICE.bin()
+}
+
+/// The next message of a gRPC stream, within the deadline.
+///
+/// # Panics
+///
+/// When the stream fails, ends, or stays silent past the deadline.
+pub async fn next_message<T>(what: &str, stream: &mut Streaming<T>) -> T {
+    within(what, DEADLINE, stream.message())
+        .await
+        .unwrap_or_else(|status| panic!("{what}: the stream failed: {status:?}"))
+        .unwrap_or_else(|| panic!("{what}: the stream ended"))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use http::{Method, header};
 use integration_tests::client::{self, Collected};
-use integration_tests::lightbulb::{LightbulbProcess, lightbulb_bin};
+use integration_tests::lightbulb::{LightbulbProcess, lightbulb_bin, next_message};
 use integration_tests::{DEADLINE, HttpClient, trace_init, within};
 use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
@@ -515,28 +515,14 @@ async fn an_api_change_reaches_routing_config_watch() {
     let _trace = trace_init();
     let store = StoreDir::new();
     let lightbulb = store.start(&[]).await;
-    let mut stream = lightbulb
-        .routing_config()
-        .await
-        .watch(pb::WatchRequest {
-            node_id: "test-router".to_owned(),
-        })
-        .await
-        .expect("a Watch stream")
-        .into_inner();
-    let first = within("the first snapshot", DEADLINE, stream.message())
-        .await
-        .expect("a snapshot")
-        .expect("the stream is open");
+    let mut stream = lightbulb.watch_snapshots().await;
+    let first = next_message("the first snapshot", &mut stream).await;
     assert_eq!(first.version, 1);
 
     let req = authed(&lightbulb, Method::PUT, "/v1/clusters/ranker-v4");
     let cluster = json!({ "endpoints": ["127.0.0.1:9004"] });
     assert_status(&send(&lightbulb, req, Some(&cluster)).await, 200, "cluster");
-    let second = within("the snapshot after the change", DEADLINE, stream.message())
-        .await
-        .expect("a snapshot")
-        .expect("the stream is open");
+    let second = next_message("the snapshot after the change", &mut stream).await;
     assert_eq!(second.version, 2);
     let routing: Value = serde_json::from_str(&second.rule_set_json).expect("JSON");
     assert!(routing["clusters"]["ranker-v4"].is_object(), "{routing}");

@@ -8,9 +8,8 @@
 use std::collections::BTreeSet;
 
 use integration_tests::etcd::EtcdProcess;
-use integration_tests::lightbulb::LightbulbProcess;
+use integration_tests::lightbulb::{LightbulbProcess, next_message};
 use integration_tests::{DEADLINE, DeadPort, trace_init, wait_until, within};
-use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::config_store::{OBJECTIVE, TOKEN, assert_status, get_json, put_config, resolve, rules};
@@ -201,28 +200,14 @@ async fn a_routing_config_watch_on_one_replica_sees_a_write_through_the_other() 
     let _trace = trace_init();
     let cluster = Cluster::new().await;
     let (a, b) = tokio::join!(cluster.replica(), cluster.replica());
-    let mut stream = b
-        .routing_config()
-        .await
-        .watch(pb::WatchRequest {
-            node_id: "test-router".to_owned(),
-        })
-        .await
-        .expect("a Watch stream")
-        .into_inner();
-    let first = within("the first snapshot", DEADLINE, stream.message())
-        .await
-        .expect("a snapshot")
-        .expect("the stream is open");
+    let mut stream = b.watch_snapshots().await;
+    let first = next_message("the first snapshot", &mut stream).await;
     assert_eq!(first.version, 1);
 
     let mut next = rules("ranker-v2");
     next["clusters"]["ranker-v3"] = json!({ "endpoints": ["127.0.0.1:9003"] });
     assert_status(&put_config(&a, 1, &next).await, 200, "PUT through A");
-    let second = within("the snapshot after the change", DEADLINE, stream.message())
-        .await
-        .expect("a snapshot")
-        .expect("the stream is open");
+    let second = next_message("the snapshot after the change", &mut stream).await;
     assert_eq!(second.version, 2);
     let routing: Value = serde_json::from_str(&second.rule_set_json).expect("JSON");
     assert!(routing["clusters"]["ranker-v3"].is_object(), "{routing}");

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use integration_tests::lightbulb::{LightbulbProcess, lightbulb_bin};
+use integration_tests::lightbulb::{LightbulbProcess, lightbulb_bin, next_message};
 use integration_tests::{
     DEADLINE, FakeModel, HttpClient, RouterProcess, trace_init, wait_until, within,
 };
 use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Streaming};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -79,18 +79,6 @@ async fn default_key(lightbulb: &LightbulbProcess) -> String {
     resolve(&mut client, request(OBJECTIVE, "s", None))
         .await
         .routing_key
-}
-
-/// The next message of an open stream (`what` names it).
-///
-/// # Panics
-///
-/// When the stream fails, ends, or stays silent past the deadline.
-async fn next_message<T>(what: &str, stream: &mut Streaming<T>) -> T {
-    within(what, DEADLINE, stream.message())
-        .await
-        .unwrap_or_else(|status| panic!("{what}: the stream failed: {status:?}"))
-        .unwrap_or_else(|| panic!("{what}: the stream ended"))
 }
 
 /// The one answer of a server-reflection stream that sends `message_request`.
@@ -426,15 +414,7 @@ async fn a_changed_file_changes_the_answer_and_an_invalid_one_keeps_it() {
 async fn watch_sends_a_snapshot_on_connect_and_after_every_change() {
     let _trace = trace_init();
     let lightbulb = LightbulbProcess::start(&rules(10, "ranker-v1")).await;
-    let mut stream = lightbulb
-        .routing_config()
-        .await
-        .watch(pb::WatchRequest {
-            node_id: "test-router".to_owned(),
-        })
-        .await
-        .expect("a Watch stream")
-        .into_inner();
+    let mut stream = lightbulb.watch_snapshots().await;
 
     let first = next_message("the first snapshot", &mut stream).await;
     assert_eq!(first.version, 10);
