@@ -393,6 +393,73 @@ impl Poller {
     }
 }
 
+/// One measured change: when the PUT was sent and accepted, the version Lightbulb stored,
+/// and when each router first served the changed key.
+struct Propagation {
+    sent: Instant,
+    accepted: Instant,
+    version: Option<u64>,
+    served: Vec<Served>,
+    /// Accepted → served, per router, in ms.
+    per_router: Vec<f64>,
+    /// The fastest and the slowest router, in ms after acceptance.
+    first: f64,
+    last: f64,
+}
+
+/// `PUT path` with `body` on Lightbulb (within `put_limit`), then polls every router until
+/// each serves `key` (within `serve_limit` of sending). Errors name the failing process.
+#[allow(clippy::too_many_arguments)]
+async fn put_and_wait(
+    fleet: &mut Fleet,
+    pollers: &mut Vec<Poller>,
+    http_addr: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    if_match: Option<&str>,
+    key: &str,
+    put_limit: Duration,
+    serve_limit: Duration,
+) -> Result<Propagation> {
+    let sent = Instant::now();
+    let resp = lightbulb_call(
+        http_addr,
+        Method::PUT,
+        path,
+        Some(body),
+        if_match,
+        put_limit,
+    )
+    .await
+    .map_err(|e| fleet.explain(e, None))?;
+    let accepted = Instant::now();
+    if resp.status != StatusCode::OK {
+        let e = anyhow!("PUT {path}: {} {}", resp.status, resp.text());
+        return Err(fleet.explain(e, None));
+    }
+    let version = serde_json::from_slice::<Value>(&resp.body)
+        .ok()
+        .and_then(|v| v["version"].as_u64());
+    let served = poll_all(pollers, key, sent + serve_limit)
+        .await
+        .map_err(|(r, e)| fleet.explain(e, Some(r)))?;
+    let per_router: Vec<f64> = served
+        .iter()
+        .map(|s| ms(s.at.saturating_duration_since(accepted)))
+        .collect();
+    let first = per_router.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = per_router.iter().copied().fold(0.0, f64::max);
+    Ok(Propagation {
+        sent,
+        accepted,
+        version,
+        served,
+        per_router,
+        first,
+        last,
+    })
+}
+
 /// Polls every router for `key` at once; on success the time each first served it (in
 /// router order), the pollers given back either way.
 async fn poll_all(
@@ -652,38 +719,26 @@ async fn run(args: Args) -> Result<()> {
         let key = format!("key-{i}");
         let path = format!("/v1/routes/{key}");
         let body = serde_json::to_vec(&route())?;
-        let sent = Instant::now();
-        let resp = match lightbulb_call(
+        let Propagation {
+            sent,
+            accepted,
+            version,
+            served,
+            per_router,
+            first,
+            last,
+        } = put_and_wait(
+            &mut fleet,
+            &mut pollers,
             http_addr,
-            Method::PUT,
             &path,
-            Some(body),
+            body,
             None,
+            &key,
+            change_deadline,
             change_deadline,
         )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => return Err(fleet.explain(e, None)),
-        };
-        let accepted = Instant::now();
-        if resp.status != StatusCode::OK {
-            let e = anyhow!("PUT {path}: {} {}", resp.status, resp.text());
-            return Err(fleet.explain(e, None));
-        }
-        let version = serde_json::from_slice::<Value>(&resp.body)
-            .ok()
-            .and_then(|v| v["version"].as_u64());
-        let served = match poll_all(&mut pollers, &key, accepted + change_deadline).await {
-            Ok(s) => s,
-            Err((r, e)) => return Err(fleet.explain(e, Some(r))),
-        };
-        let per_router: Vec<f64> = served
-            .iter()
-            .map(|s| ms(s.at.saturating_duration_since(accepted)))
-            .collect();
-        let first = per_router.iter().copied().fold(f64::INFINITY, f64::min);
-        let last = per_router.iter().copied().fold(0.0, f64::max);
+        .await?;
         let at_first_poll = served.iter().filter(|s| s.polls == 1).count();
         if at_first_poll > 0 {
             first_poll_first += 1;
@@ -736,35 +791,26 @@ async fn run(args: Args) -> Result<()> {
         let body = serde_json::to_vec(&rules)?;
         let body_bytes = body.len();
         let last_key = format!("large-{}", args.large_routes - 1);
-        let sent = Instant::now();
-        let resp = lightbulb_call(
+        let Propagation {
+            sent,
+            accepted,
+            version,
+            served,
+            per_router,
+            first,
+            last,
+        } = put_and_wait(
+            &mut fleet,
+            &mut pollers,
             http_addr,
-            Method::PUT,
             "/v1/config",
-            Some(body),
+            body,
             Some(&etag),
+            &last_key,
+            limit,
             limit,
         )
-        .await
-        .map_err(|e| fleet.explain(e, None))?;
-        let accepted = Instant::now();
-        if resp.status != StatusCode::OK {
-            let e = anyhow!("PUT /v1/config: {} {}", resp.status, resp.text());
-            return Err(fleet.explain(e, None));
-        }
-        let version = serde_json::from_slice::<Value>(&resp.body)
-            .ok()
-            .and_then(|v| v["version"].as_u64());
-        let served = match poll_all(&mut pollers, &last_key, sent + limit).await {
-            Ok(s) => s,
-            Err((r, e)) => return Err(fleet.explain(e, Some(r))),
-        };
-        let per_router: Vec<f64> = served
-            .iter()
-            .map(|s| ms(s.at.saturating_duration_since(accepted)))
-            .collect();
-        let first = per_router.iter().copied().fold(f64::INFINITY, f64::min);
-        let last = per_router.iter().copied().fold(0.0, f64::max);
+        .await?;
         let last_at = served.iter().map(|s| s.at).max().unwrap_or(accepted);
         Some(json!({
             "routes": routes_len(&rules),
