@@ -71,9 +71,9 @@ pub mod objective;
 pub mod reload;
 pub mod resolve;
 pub mod server;
-pub mod signal;
 pub mod store;
-pub mod telemetry;
+
+pub use service_runtime::{signal, telemetry};
 
 use std::future::Future;
 use std::net::SocketAddr;

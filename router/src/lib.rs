@@ -30,10 +30,10 @@ pub mod reload;
 mod rng;
 pub mod route;
 pub mod server;
-pub mod signal;
 pub mod state;
-pub mod telemetry;
 pub mod upstream;
+
+pub use service_runtime::{signal, telemetry};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,10 +1,17 @@
 //! Log setup: `tracing` with the level from `RUST_LOG` (default `info`), text or JSON lines
-//! on stderr through a non-blocking writer, so a slow terminal or pipe never stalls a worker.
+//! on stderr through a non-blocking writer, so a slow terminal or pipe never stalls a worker or a call.
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log line format (the `--log-format` flag of every binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber. Keep the returned guard alive until exit: dropping it
 /// flushes the buffered lines.
