@@ -166,14 +166,7 @@ impl Config {
 
     /// Worker threads to run: the flag, or one per available core.
     pub fn worker_count(&self) -> usize {
-        self.workers
-            .map(NonZeroUsize::get)
-            .or_else(|| {
-                std::thread::available_parallelism()
-                    .ok()
-                    .map(NonZeroUsize::get)
-            })
-            .unwrap_or(1)
+        service_runtime::worker_count(self.workers)
     }
 
     /// The file poll interval.
