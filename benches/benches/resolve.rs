@@ -35,7 +35,7 @@ fn context(objective: usize, subject: usize) -> RequestContext {
 fn resolve(c: &mut Criterion) {
     let json = benches::objectives_rule_set_json(1_000).to_string();
     let rules = models_config::parse(&json).expect("the fixture is valid");
-    let engine = Arc::new(Engine::new(&rules).expect("compiles"));
+    let engine = Arc::new(Engine::new(&rules));
     let contexts: Vec<RequestContext> = (0..4096).map(|i| context((i * 7) % 1_000, i)).collect();
 
     let mut i = 0;

@@ -2,19 +2,27 @@
 //! 4 and 100,000 keys.
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
+use router::health::ProbeSpawner;
+use router::host::HostRegistry;
 use router::route::RouteTable;
 
 fn table(keys: usize) -> ArcSwap<RouteTable> {
     let json = benches::rule_set_json(keys, 20_000).to_string();
     let rules = models_config::parse(&json).expect("the fixture is valid");
-    ArcSwap::from_pointee(
-        RouteTable::build(Arc::new(rules), None, 1, 1, String::new()).expect("builds"),
-    )
+    let hosts = HostRegistry::new(1);
+    let (probes, _receiver) = ProbeSpawner::new();
+    ArcSwap::from_pointee(RouteTable::build(
+        rules,
+        None,
+        &hosts,
+        &probes,
+        1,
+        String::new(),
+    ))
 }
 
 fn lookup(c: &mut Criterion) {
@@ -31,11 +39,7 @@ fn lookup(c: &mut Criterion) {
                 let snapshot = table.load();
                 let route = snapshot.route(probes[i].as_bytes()).expect("present");
                 let target = route.pick_target();
-                let cluster = &target.cluster;
-                let n = cluster.endpoints.len();
-                black_box(cluster.balancer.pick(n, &headers, None, |e| {
-                    cluster.endpoints[e].active_requests()
-                }))
+                black_box(target.cluster.pick(&headers, None))
             })
         });
     }

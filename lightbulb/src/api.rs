@@ -41,14 +41,13 @@ use models_config::spec::{
     ClusterSpec, ExperimentSpec, ModelSpec, ObjectiveSpec, RouteSpec, RuleSet,
 };
 use models_config::unique_map::UniqueMap;
-use models_config::{ConfigError, Issue};
+use models_config::{ConfigError, Issue, ValidRuleSet};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::auth::Tokens;
 use crate::reload::Reloader;
-use crate::resolve::Engine;
 use crate::store::{Snapshot, Store, StoreError};
 
 /// Who may change the rules.
@@ -232,7 +231,7 @@ impl ConfigApi {
         request: Request,
         if_match: IfMatch,
         with_body: bool,
-        edit: impl FnOnce(&Bytes, &RuleSet) -> Result<(RuleSet, String), ApiError>,
+        edit: impl FnOnce(&Bytes, &RuleSet) -> Result<(ValidRuleSet, String), ApiError>,
     ) -> Response {
         let outcome = async {
             let who = self.authorize(request.headers())?;
@@ -258,7 +257,7 @@ impl ConfigApi {
                 return Err(conflict(expected, current_version));
             }
             let (next, action) = edit(&body, &current.rules)?;
-            let warnings = check(&next)?;
+            let warnings = next.warnings().to_vec();
             if self
                 .reloader
                 .lock()
@@ -317,29 +316,17 @@ impl ConfigApi {
         };
         // Newer only: with a shared store, this replica's watch may have put this version,
         // or a later one written elsewhere, in force already.
-        match reloader.apply_if_newer(RuleSet::clone(&stored.rules)) {
-            Ok(Some(version)) => {
+        let diff = Diff::new(&previous.rules, &stored.rules);
+        match reloader.apply_if_newer(stored.rules.clone()) {
+            Some(version) => {
                 crate::metrics::record_reload(true);
-                let diff = Diff::new(&previous.rules, &stored.rules);
                 tracing::info!(version, who, action, %diff, "rule set changed");
-                Ok(())
             }
-            Ok(None) => {
-                let diff = Diff::new(&previous.rules, &stored.rules);
+            None => {
                 tracing::info!(version = stored.info.version, who, action, %diff, "rule set changed (already in force)");
-                Ok(())
-            }
-            // Validated before it was stored, so this is a bug; the store and the engine
-            // now disagree until the next change or restart.
-            Err(errors) => {
-                crate::metrics::record_reload(false);
-                tracing::error!(version = stored.info.version, %errors, "a stored rule set did not compile");
-                Err(internal(format!(
-                    "version {} was stored but could not be put in force: {errors}",
-                    stored.info.version
-                )))
             }
         }
+        Ok(())
     }
 }
 
@@ -352,16 +339,9 @@ impl ConfigApi {
             return;
         };
         let version = snapshot.info.version;
-        match reloader.apply_if_newer(RuleSet::clone(&snapshot.rules)) {
-            Ok(Some(_)) => {
-                crate::metrics::record_reload(true);
-                tracing::info!(version, who = %snapshot.info.who, "rule set changed in the store");
-            }
-            Ok(None) => {}
-            Err(errors) => {
-                crate::metrics::record_reload(false);
-                tracing::error!(version, %errors, "a stored rule set did not compile; keeping the running rules");
-            }
+        if reloader.apply_if_newer(snapshot.rules.clone()).is_some() {
+            crate::metrics::record_reload(true);
+            tracing::info!(version, who = %snapshot.info.who, "rule set changed in the store");
         }
     }
 }
@@ -414,7 +394,7 @@ async fn validate(State(api): State<Arc<ConfigApi>>, request: Request) -> Respon
     let outcome = async {
         let body = api.json_body(request).await?;
         let rules = parse_rules(&body)?;
-        check(&rules)
+        Ok::<_, ApiError>(rules.warnings().to_vec())
     }
     .await;
     match outcome {
@@ -452,7 +432,7 @@ async fn rollback(State(api): State<Arc<ConfigApi>>, request: Request) -> Respon
         let RollbackBody { version } = parse_json(body, "$")?;
         match store.get(version) {
             Ok(Some(snapshot)) => Ok((
-                RuleSet::clone(&snapshot.rules),
+                snapshot.rules.clone(),
                 format!("rollback to version {version}"),
             )),
             Ok(None) => Err(not_kept(version)),
@@ -472,7 +452,7 @@ async fn put_part<T: Part>(
         let value: T = parse_json(body, &path)?;
         let mut next = current.clone();
         T::map(&mut next).insert(name.clone(), value);
-        Ok((next, format!("put {}[{name:?}]", T::FIELD)))
+        Ok((validated(next)?, format!("put {}[{name:?}]", T::FIELD)))
     })
     .await
 }
@@ -491,7 +471,7 @@ async fn delete_part<T: Part>(
                 format!("there is no {}[{name:?}]", T::FIELD),
             ));
         }
-        Ok((next, format!("delete {}[{name:?}]", T::FIELD)))
+        Ok((validated(next)?, format!("delete {}[{name:?}]", T::FIELD)))
     })
     .await
 }
@@ -537,7 +517,7 @@ fn parse_if_match(headers: &HeaderMap) -> Result<Option<Option<u64>>, ApiError> 
 
 /// Parses a whole rule set; a parse error or a validation failure is a 400 with the
 /// problems.
-fn parse_rules(body: &[u8]) -> Result<RuleSet, ApiError> {
+fn parse_rules(body: &[u8]) -> Result<ValidRuleSet, ApiError> {
     models_config::parse_slice(body).map_err(|e| match e {
         ConfigError::Invalid(errors) => invalid_config(errors.0),
         e => invalid_json(e.issues()),
@@ -562,11 +542,9 @@ fn parse_json<T: DeserializeOwned>(body: &[u8], path: &str) -> Result<T, ApiErro
     Ok(value)
 }
 
-/// Validates and compiles `rules`; the warnings on success.
-fn check(rules: &RuleSet) -> Result<Vec<Issue>, ApiError> {
-    let warnings = models_config::validate(rules).map_err(|e| invalid_config(e.0))?;
-    Engine::new(rules).map_err(|e| invalid_config(e.0))?;
-    Ok(warnings)
+/// Validates a rule set edited in place (once: what is stored and applied is this value).
+fn validated(rules: RuleSet) -> Result<ValidRuleSet, ApiError> {
+    ValidRuleSet::new(rules).map_err(|e| invalid_config(e.0))
 }
 
 fn invalid_json(problems: Vec<Issue>) -> ApiError {

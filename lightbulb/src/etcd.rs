@@ -45,7 +45,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, Txn, TxnOp,
     TxnOpResponse, WatchOptions,
 };
-use models_config::spec::RuleSet;
+use models_config::ValidRuleSet;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -102,7 +102,7 @@ impl EtcdStore {
         endpoints: &[String],
         prefix: &str,
         history: usize,
-        seed: Option<RuleSet>,
+        seed: Option<ValidRuleSet>,
     ) -> Result<Self, StoreError> {
         let runtime = RuntimeThread::start()?;
         let endpoints: Vec<String> = endpoints
@@ -126,15 +126,15 @@ impl EtcdStore {
                 let client =
                     timed("cannot connect", Client::connect(endpoints, Some(options))).await?;
                 let keys = Keys { prefix: &prefix };
-                if let Some(mut rules) = seed {
-                    rules.version = 1;
+                if let Some(rules) = seed {
+                    let rules = rules.with_version(1);
                     let snapshot = Snapshot {
                         info: VersionInfo {
                             version: 1,
                             written_at_unix_ms: store::now_ms(),
                             who: "seed".to_owned(),
                         },
-                        rules: Arc::new(rules),
+                        rules,
                     };
                     let txn = Txn::new()
                         .when([Compare::version(keys.current(), CompareOp::Equal, 0)])
@@ -211,16 +211,16 @@ impl Store for EtcdStore {
             .clone()
     }
 
-    fn put(&self, expected: u64, mut rules: RuleSet, who: &str) -> Result<Snapshot, StoreError> {
+    fn put(&self, expected: u64, rules: ValidRuleSet, who: &str) -> Result<Snapshot, StoreError> {
         let version = expected + 1;
-        rules.version = version;
+        let rules = rules.with_version(version);
         let snapshot = Snapshot {
             info: VersionInfo {
                 version,
                 written_at_unix_ms: store::now_ms(),
                 who: who.to_owned(),
             },
-            rules: Arc::new(rules),
+            rules,
         };
         let document = store::encode_version(&snapshot)?;
         let client = self.client.clone();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures_util::Stream;
+use models_config::ValidRuleSet;
 use models_config::spec::{RuleSet, TrafficClass};
 use routing_proto::lightbulb::v1 as pb;
 use tokio::sync::watch;
@@ -218,7 +219,7 @@ fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
 #[derive(Debug, Clone)]
 pub struct RoutingConfigService {
     /// Accepted rule sets; the store's publisher holds the sender.
-    rules: watch::Receiver<Arc<RuleSet>>,
+    rules: watch::Receiver<ValidRuleSet>,
 }
 
 /// The stream a `Watch` call returns.
@@ -228,7 +229,7 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::RoutingSnapshot, 
 
 impl RoutingConfigService {
     /// A service streaming the rule sets published on `rules`.
-    pub fn new(rules: watch::Receiver<Arc<RuleSet>>) -> Self {
+    pub fn new(rules: watch::Receiver<ValidRuleSet>) -> Self {
         Self { rules }
     }
 

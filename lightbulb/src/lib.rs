@@ -83,7 +83,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use models_config::spec::RuleSet;
+use models_config::ValidRuleSet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +148,7 @@ pub struct Lightbulb {
     config: Config,
     engine: Arc<ArcSwap<Engine>>,
     cache: Arc<ResolveCache>,
-    rules: watch::Sender<Arc<RuleSet>>,
+    rules: watch::Sender<ValidRuleSet>,
     grpc: tonic::transport::server::Router,
     health: server::Health,
     grpc_listener: std::net::TcpListener,
@@ -184,17 +184,16 @@ impl Lightbulb {
             ),
             Some(dir) => {
                 let (store, etcd) = open_store(&config, dir)?;
-                let rules = RuleSet::clone(&store.current().rules);
+                let rules = store.current().rules;
                 (rules, Some(store), etcd)
             }
         };
         let store = store.zip(auth);
-        let engine = Engine::new(&rules)
-            .map_err(|errors| config_error(models_config::ConfigError::Invalid(errors)))?;
+        let engine = Engine::new(&rules);
         crate::metrics::record_version(engine.version());
         let engine = Arc::new(ArcSwap::from_pointee(engine));
         let cache = Arc::new(ResolveCache::new(config.cache_capacity, config.cache_ttl()));
-        let (rules, rules_rx) = watch::channel(Arc::new(rules));
+        let (rules, rules_rx) = watch::channel(rules);
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.worker_count())

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use models_config::ValidationErrors;
+use models_config::ValidRuleSet;
 use models_config::follow::FileFollower;
-use models_config::spec::RuleSet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +34,7 @@ use crate::resolve::Engine;
 pub struct Reloader {
     engine: Arc<ArcSwap<Engine>>,
     cache: Arc<ResolveCache>,
-    rules: watch::Sender<Arc<RuleSet>>,
+    rules: watch::Sender<ValidRuleSet>,
 }
 
 // === impl Reloader ===
@@ -45,7 +44,7 @@ impl Reloader {
     pub fn new(
         engine: Arc<ArcSwap<Engine>>,
         cache: Arc<ResolveCache>,
-        rules: watch::Sender<Arc<RuleSet>>,
+        rules: watch::Sender<ValidRuleSet>,
     ) -> Self {
         Self {
             engine,
@@ -54,19 +53,16 @@ impl Reloader {
         }
     }
 
-    /// Compiles `rules` and puts them in force (see the module docs), returning the version.
-    ///
-    /// # Errors
-    ///
-    /// Every problem found, when `rules` does not validate; nothing changes then.
-    pub fn apply(&self, rules: RuleSet) -> Result<u64, ValidationErrors> {
-        let engine = Engine::new(&rules)?;
+    /// Compiles `rules` (validated once, when parsed or loaded) and puts them in force (see
+    /// the module docs), returning the version.
+    pub fn apply(&self, rules: ValidRuleSet) -> u64 {
+        let engine = Engine::new(&rules);
         let version = engine.version();
         self.engine.store(Arc::new(engine));
         self.cache.invalidate_all();
-        self.rules.send_replace(Arc::new(rules));
+        self.rules.send_replace(rules);
         crate::metrics::record_version(version);
-        Ok(version)
+        version
     }
 
     /// The version of the rule set in force.
@@ -78,15 +74,11 @@ impl Reloader {
     /// returns `None` (and changes nothing) otherwise. A versioned store's versions only move
     /// forward, so with several paths to the same version (the API write and the store's
     /// watch) each version is put in force once, and never replaced by an older one.
-    ///
-    /// # Errors
-    ///
-    /// Every problem found, when `rules` does not validate; nothing changes then.
-    pub fn apply_if_newer(&self, rules: RuleSet) -> Result<Option<u64>, ValidationErrors> {
+    pub fn apply_if_newer(&self, rules: ValidRuleSet) -> Option<u64> {
         if rules.version <= self.version() {
-            return Ok(None);
+            return None;
         }
-        self.apply(rules).map(Some)
+        Some(self.apply(rules))
     }
 }
 
@@ -122,14 +114,12 @@ pub async fn watch_file(
 /// outcome. Returns whether the new rules are in force.
 pub fn reload_bytes(reloader: &Reloader, path: &Path, content: &[u8]) -> bool {
     let issues = match models_config::parse_slice(content) {
-        Ok(rules) => match reloader.apply(rules) {
-            Ok(version) => {
-                crate::metrics::record_reload(true);
-                tracing::info!(path = %path.display(), version, "rule set reloaded");
-                return true;
-            }
-            Err(errors) => errors.0,
-        },
+        Ok(rules) => {
+            let version = reloader.apply(rules);
+            crate::metrics::record_reload(true);
+            tracing::info!(path = %path.display(), version, "rule set reloaded");
+            return true;
+        }
         Err(e) => e.issues(),
     };
     for issue in &issues {
@@ -159,11 +149,11 @@ mod tests {
     fn reloader() -> (
         Reloader,
         Arc<ArcSwap<Engine>>,
-        watch::Receiver<Arc<RuleSet>>,
+        watch::Receiver<ValidRuleSet>,
     ) {
         let first = models_config::parse(&rules("a").to_string()).unwrap();
-        let engine = Arc::new(ArcSwap::from_pointee(Engine::new(&first).unwrap()));
-        let (tx, rx) = watch::channel(Arc::new(first));
+        let engine = Arc::new(ArcSwap::from_pointee(Engine::new(&first)));
+        let (tx, rx) = watch::channel(first);
         let cache = Arc::new(ResolveCache::new(10, Duration::from_secs(60)));
         (Reloader::new(Arc::clone(&engine), cache, tx), engine, rx)
     }
@@ -194,13 +184,15 @@ mod tests {
     #[test]
     fn only_a_newer_version_is_applied_if_newer() {
         let (reloader, engine, rx) = reloader();
-        let mut next = models_config::parse(&rules("b").to_string()).unwrap();
-        next.version = 3;
-        assert_eq!(reloader.apply_if_newer(next.clone()).unwrap(), Some(3));
-        assert_eq!(reloader.apply_if_newer(next.clone()).unwrap(), None);
-        let mut older = models_config::parse(&rules("a").to_string()).unwrap();
-        older.version = 2;
-        assert_eq!(reloader.apply_if_newer(older).unwrap(), None);
+        let next = models_config::parse(&rules("b").to_string())
+            .unwrap()
+            .with_version(3);
+        assert_eq!(reloader.apply_if_newer(next.clone()), Some(3));
+        assert_eq!(reloader.apply_if_newer(next.clone()), None);
+        let older = models_config::parse(&rules("a").to_string())
+            .unwrap()
+            .with_version(2);
+        assert_eq!(reloader.apply_if_newer(older), None);
         assert_eq!(answer(&engine), "b");
         assert_eq!(rx.borrow().version, 3);
     }

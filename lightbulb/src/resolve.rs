@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use models_config::ValidationErrors;
+use models_config::ValidRuleSet;
 use models_config::spec::{
     ExperimentSpec, MatchSpec, ModelSpec, ObjectiveSpec, RuleSet, RuleSpec, TrafficClass,
 };
@@ -210,17 +210,12 @@ impl RequestContext {
 // === impl Engine ===
 
 impl Engine {
-    /// Validates `rules` and compiles them.
+    /// Compiles a validated rule set (it was validated once, when it was parsed or loaded).
     ///
     /// Runs when a rule-set version is accepted (startup, reload, store watch), never per
     /// request.
-    ///
-    /// # Errors
-    ///
-    /// Every problem [`models_config::validate()`] finds, when the rule set is invalid.
-    pub fn new(rules: &RuleSet) -> Result<Self, ValidationErrors> {
-        models_config::validate(rules)?;
-        Ok(Self::compile(rules))
+    pub fn new(rules: &ValidRuleSet) -> Self {
+        Self::compile(rules)
     }
 
     /// Compiles a rule set that passed validation, so every reference resolves and every

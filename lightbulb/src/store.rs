@@ -22,9 +22,10 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use models_config::ValidRuleSet;
 use models_config::spec::RuleSet;
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +51,9 @@ pub struct VersionInfo {
 pub struct Snapshot {
     /// When and by whom.
     pub info: VersionInfo,
-    /// The rule set, whose `version` is `info.version`.
-    pub rules: Arc<RuleSet>,
+    /// The rule set (validated when it was accepted or read back), whose `version` is
+    /// `info.version`.
+    pub rules: ValidRuleSet,
 }
 
 /// Why a store operation failed.
@@ -115,7 +117,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     ///
     /// [`StoreError::Conflict`] when another version is current; I/O errors, after which
     /// nothing changed.
-    fn put(&self, expected: u64, rules: RuleSet, who: &str) -> Result<Snapshot, StoreError>;
+    fn put(&self, expected: u64, rules: ValidRuleSet, who: &str) -> Result<Snapshot, StoreError>;
 
     /// The versions kept, newest first.
     fn history(&self) -> Vec<VersionInfo>;
@@ -168,7 +170,11 @@ impl DirStore {
     /// # Errors
     ///
     /// When the directory cannot be read or written, or is empty and there is no seed.
-    pub fn open(dir: &Path, history: usize, seed: Option<RuleSet>) -> Result<Self, StoreError> {
+    pub fn open(
+        dir: &Path,
+        history: usize,
+        seed: Option<ValidRuleSet>,
+    ) -> Result<Self, StoreError> {
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { what, path, source }
@@ -232,18 +238,14 @@ impl DirStore {
         let current = match current {
             Some(current) => current,
             None => {
-                let mut rules = seed.ok_or(StoreError::Empty)?;
                 let version = highest + 1;
-                rules.version = version;
+                let rules = seed.ok_or(StoreError::Empty)?.with_version(version);
                 let info = VersionInfo {
                     version,
                     written_at_unix_ms: now_ms(),
                     who: "seed".to_owned(),
                 };
-                let snapshot = Snapshot {
-                    info,
-                    rules: Arc::new(rules),
-                };
+                let snapshot = Snapshot { info, rules };
                 write_version(dir, &snapshot)?;
                 kept.insert(version, snapshot.info.clone());
                 highest = version;
@@ -299,21 +301,21 @@ impl Store for DirStore {
         self.lock().current.clone()
     }
 
-    fn put(&self, expected: u64, mut rules: RuleSet, who: &str) -> Result<Snapshot, StoreError> {
+    fn put(&self, expected: u64, rules: ValidRuleSet, who: &str) -> Result<Snapshot, StoreError> {
         let mut state = self.lock();
         let current = state.current.info.version;
         if expected != current {
             return Err(StoreError::Conflict { expected, current });
         }
         let version = state.next;
-        rules.version = version;
+        let rules = rules.with_version(version);
         let snapshot = Snapshot {
             info: VersionInfo {
                 version,
                 written_at_unix_ms: now_ms(),
                 who: who.to_owned(),
             },
-            rules: Arc::new(rules),
+            rules,
         };
         write_version(&self.dir, &snapshot)?;
         state.next = version + 1;
@@ -392,16 +394,14 @@ pub(crate) fn decode_version(bytes: &[u8], version: u64) -> Result<Snapshot, Sto
             file.version, file.rules.version
         )));
     }
-    if let Err(errors) = models_config::validate(&file.rules) {
-        return Err(corrupt(errors.to_string()));
-    }
+    let rules = ValidRuleSet::new(file.rules).map_err(|errors| corrupt(errors.to_string()))?;
     Ok(Snapshot {
         info: VersionInfo {
             version,
             written_at_unix_ms: file.written_at_unix_ms,
             who: file.who,
         },
-        rules: Arc::new(file.rules),
+        rules,
     })
 }
 
@@ -451,7 +451,7 @@ fn write_version(dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
-    fn rules(model_version: &str) -> RuleSet {
+    fn rules(model_version: &str) -> ValidRuleSet {
         models_config::parse(
             &serde_json::json!({
                 "clusters": { "c": { "endpoints": ["127.0.0.1:9001"] } },

@@ -37,25 +37,28 @@ mod error;
 pub mod follow;
 pub mod spec;
 pub mod unique_map;
+mod valid;
 mod validate;
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 pub use error::{ConfigError, Issue, ValidationErrors};
+pub use valid::{ValidCluster, ValidEndpoint, ValidRuleSet};
 pub use validate::validate;
 
 use spec::RuleSet;
 
 /// Parses a rule set from JSON text and validates it.
 ///
-/// Warnings from [`validate()`] are dropped; call it again on the result to see them.
+/// The result carries the warnings ([`ValidRuleSet::warnings`]) and the parsed forms
+/// consumers build from, so nothing downstream validates or parses it again.
 ///
 /// # Errors
 ///
 /// [`ConfigError::Parse`] when the text is not a rule set, [`ConfigError::Invalid`] with
 /// every problem when it is one that fails validation.
-pub fn parse(json: &str) -> Result<RuleSet, ConfigError> {
+pub fn parse(json: &str) -> Result<ValidRuleSet, ConfigError> {
     parse_slice(json.as_bytes())
 }
 
@@ -64,7 +67,7 @@ pub fn parse(json: &str) -> Result<RuleSet, ConfigError> {
 /// # Errors
 ///
 /// As for [`parse`].
-pub fn parse_slice(json: &[u8]) -> Result<RuleSet, ConfigError> {
+pub fn parse_slice(json: &[u8]) -> Result<ValidRuleSet, ConfigError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let rules: RuleSet = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = render_path(err.path());
@@ -76,8 +79,7 @@ pub fn parse_slice(json: &[u8]) -> Result<RuleSet, ConfigError> {
     deserializer.end().map_err(|err| ConfigError::Parse {
         message: describe_json_error(&err, "$"),
     })?;
-    validate(&rules)?;
-    Ok(rules)
+    Ok(ValidRuleSet::new(rules)?)
 }
 
 /// Reads a rule set file, parses and validates it, as [`parse`] does.
@@ -85,7 +87,7 @@ pub fn parse_slice(json: &[u8]) -> Result<RuleSet, ConfigError> {
 /// # Errors
 ///
 /// [`ConfigError::Io`] when the file cannot be read; otherwise as for [`parse`].
-pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
+pub fn load(path: &Path) -> Result<ValidRuleSet, ConfigError> {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,

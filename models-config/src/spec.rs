@@ -72,6 +72,110 @@ pub struct ClusterSpec {
     #[serde(default = "default_request_timeout_ms")]
     #[schemars(range(min = 1, max = 3_600_000))]
     pub request_timeout_ms: u64,
+    /// Active health checks of every endpoint. Absent: no probes, every endpoint is
+    /// eligible as far as health goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Passive outlier detection from real traffic, with ejection. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Limits on requests in flight and waiting for a connection. Absent: no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+}
+
+/// An active health check, run against every endpoint of a cluster by one prober per
+/// endpoint. Exactly one of `http_path` and `grpc_service`.
+///
+/// An endpoint starts eligible, in state `unknown`; it becomes `unhealthy` after
+/// `unhealthy_threshold` failed probes in a row and `healthy` again after
+/// `healthy_threshold` good ones in a row. An unhealthy endpoint gets no new requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// Path of an HTTP `GET` probe (starting with `/`), sent over the cluster's protocol
+    /// (h2c for `http2`, HTTP/1.1 otherwise). Healthy on a 2xx answer, or on one of
+    /// `expected_statuses` when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    /// Service name for a `grpc.health.v1.Health/Check` probe over h2c (`""`: the whole
+    /// server). Healthy when the answer is `SERVING`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
+    /// Statuses (100 to 599) that count as healthy for `http_path`. Default empty: any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<u16>,
+    /// Time between probes of one endpoint, in milliseconds, 10 to 3600000; each wait is
+    /// lengthened by a random 0 to 10 % so probers do not move in lockstep. Default 1000.
+    #[serde(default = "default_health_interval_ms")]
+    #[schemars(range(min = 10, max = 3_600_000))]
+    pub interval_ms: u64,
+    /// Time allowed for one probe (connect included), in milliseconds, 1 to less than
+    /// `interval_ms`. Default 500, or half the interval when that is shorter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_ms: Option<u64>,
+    /// Failed probes in a row that make an endpoint unhealthy, 1 to 100. Default 2.
+    #[serde(default = "default_unhealthy_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: u32,
+    /// Good probes in a row that make an unhealthy endpoint healthy again, 1 to 100.
+    /// Default 1.
+    #[serde(default = "default_healthy_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: u32,
+}
+
+/// Passive outlier detection: endpoints that fail real requests in a row are ejected (get
+/// no requests) for a while.
+///
+/// An ejected endpoint comes back after `base_ejection_ms` × the number of times it has
+/// been ejected, at most `max_ejection_ms`. Never more than `max_ejection_percent` of the
+/// cluster's endpoints are ejected at once, and never the last one that is not: traffic
+/// alone never empties a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionSpec {
+    /// 5xx answers (and gRPC `UNAVAILABLE`/`INTERNAL` trailers-only answers) in a row that
+    /// eject an endpoint, 1 to 10000. Default 5.
+    #[serde(default = "default_consecutive_5xx")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub consecutive_5xx: u32,
+    /// Connect failures, resets and timeouts in a row that eject an endpoint, 1 to 10000.
+    /// Default 3.
+    #[serde(default = "default_consecutive_gateway_failures")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub consecutive_gateway_failures: u32,
+    /// Ejection time of a first ejection, in milliseconds, 1 to 3600000. Default 30000.
+    #[serde(default = "default_base_ejection_ms")]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub base_ejection_ms: u64,
+    /// Longest ejection, in milliseconds, at least `base_ejection_ms`, at most 86400000.
+    /// Default 300000, or `base_ejection_ms` when that is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub max_ejection_ms: Option<u64>,
+    /// Largest share of the cluster's endpoints ejected at once, in percent, 0 to 100.
+    /// Default 50.
+    #[serde(default = "default_max_ejection_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: u32,
+}
+
+/// Per-cluster limits; a request past either is answered 503 `overloaded` with
+/// `retry-after` (gRPC `UNAVAILABLE`), or goes to the route's fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Requests in flight to the cluster at once (from the pick until the response body
+    /// ends), 1 to 1000000. Default 1024.
+    #[serde(default = "default_max_requests")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_requests: u32,
+    /// Requests waiting for a new upstream connection at once, 1 to 1000000. Default 1024.
+    #[serde(default = "default_max_pending")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_pending: u32,
 }
 
 /// One serving host of a cluster.
@@ -138,9 +242,10 @@ pub enum LbPolicy {
 pub struct RouteSpec {
     /// The primary cluster.
     pub cluster: String,
-    /// Cluster used when no endpoint of the primary can be reached.
+    /// Clusters tried in turn when the one before has no eligible endpoint, is overloaded,
+    /// or every connect attempt to it failed: one name or an ordered list. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<String>,
+    pub fallback: Option<FallbackSpec>,
     /// Weighted split across clusters (weights 1 to 100, summing to 100). When present, each
     /// request goes to one of these clusters, and `cluster` must be one of them.
     #[serde(
@@ -154,6 +259,17 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3_600_000))]
     pub timeout_ms: Option<u64>,
+}
+
+/// A route's fallback: one cluster name, or an ordered chain of them.
+// `Deserialize` is written by hand (below) for the same reason as `EndpointSpec`'s.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FallbackSpec {
+    /// One cluster.
+    One(String),
+    /// Clusters tried in this order.
+    Chain(Vec<String>),
 }
 
 /// A model that can serve requests, reached through a route.
@@ -286,6 +402,47 @@ fn default_weight() -> u32 {
     1
 }
 
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    2
+}
+
+fn default_healthy_threshold() -> u32 {
+    1
+}
+
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+
+fn default_consecutive_gateway_failures() -> u32 {
+    3
+}
+
+fn default_base_ejection_ms() -> u64 {
+    30_000
+}
+
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+fn default_max_requests() -> u32 {
+    1_024
+}
+
+fn default_max_pending() -> u32 {
+    1_024
+}
+
+/// Default probe timeout, in milliseconds (capped at half the interval).
+const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 500;
+/// Default longest ejection, in milliseconds.
+const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
+
 fn default_cache_ttl_ms() -> u64 {
     60_000
 }
@@ -356,6 +513,62 @@ impl EndpointSpec {
             EndpointSpec::Address(_) => 1,
             EndpointSpec::Weighted(w) => w.weight,
         }
+    }
+}
+
+impl HealthCheckSpec {
+    /// The probe timeout in force: `timeout_ms`, or 500 ms capped at half the interval.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+            .unwrap_or_else(|| DEFAULT_HEALTH_TIMEOUT_MS.min(self.interval_ms / 2).max(1))
+    }
+}
+
+impl OutlierDetectionSpec {
+    /// The longest ejection in force: `max_ejection_ms`, or 300000 ms (at least
+    /// `base_ejection_ms`).
+    pub fn max_ejection_ms(&self) -> u64 {
+        self.max_ejection_ms
+            .unwrap_or_else(|| DEFAULT_MAX_EJECTION_MS.max(self.base_ejection_ms))
+    }
+}
+
+impl FallbackSpec {
+    /// The clusters of the chain, in order.
+    pub fn clusters(&self) -> &[String] {
+        match self {
+            FallbackSpec::One(name) => std::slice::from_ref(name),
+            FallbackSpec::Chain(names) => names,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FallbackSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FallbackVisitor;
+
+        impl<'de> Visitor<'de> for FallbackVisitor {
+            type Value = FallbackSpec;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a cluster name or a list of cluster names")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FallbackSpec::One(v.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(FallbackSpec::One(v))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<String>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(FallbackSpec::Chain)
+            }
+        }
+
+        deserializer.deserialize_any(FallbackVisitor)
     }
 }
 

@@ -9,8 +9,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::error::{Issue, ValidationErrors};
 use crate::spec::{
-    ClusterSpec, EndpointSpec, ExperimentSpec, MatchSpec, ObjectiveSpec, RouteSpec, RuleSet,
-    RuleSpec, TrafficClass,
+    CircuitBreakerSpec, ClusterSpec, EndpointSpec, ExperimentSpec, FallbackSpec, HealthCheckSpec,
+    MatchSpec, ObjectiveSpec, OutlierDetectionSpec, RouteSpec, RuleSet, RuleSpec, TrafficClass,
 };
 
 /// Longest name allowed, in characters.
@@ -25,6 +25,16 @@ const REQUEST_TIMEOUT_MAX_MS: u64 = 3_600_000;
 const CACHE_TTL_MAX_MS: u64 = 86_400_000;
 /// What split weights and cell percentages sum to.
 const PERCENT: u32 = 100;
+/// Shortest health-check interval: 10 ms.
+const HEALTH_INTERVAL_MIN_MS: u64 = 10;
+/// Most probes in a row a health-check threshold may ask for.
+const HEALTH_THRESHOLD_MAX: u64 = 100;
+/// Most failures in a row an outlier-detection threshold may ask for.
+const OUTLIER_THRESHOLD_MAX: u64 = 10_000;
+/// Longest ejection: one day.
+const EJECTION_MAX_MS: u64 = 86_400_000;
+/// Largest circuit-breaker limit.
+const CIRCUIT_LIMIT_MAX: u64 = 1_000_000;
 
 /// Checks a rule set completely: names, references, weights and limits.
 ///
@@ -45,6 +55,7 @@ pub fn validate(rules: &RuleSet) -> Result<Vec<Issue>, ValidationErrors> {
     for (name, cluster) in &rules.clusters {
         v.cluster(name, cluster);
     }
+    v.shared_endpoints();
     for (key, route) in &rules.routes {
         v.route(key, route);
     }
@@ -196,6 +207,204 @@ impl Validator<'_> {
             1,
             REQUEST_TIMEOUT_MAX_MS,
         );
+        if let Some(check) = &cluster.health_check {
+            self.health_check(&format!("{path}.health_check"), check);
+        }
+        if let Some(outlier) = &cluster.outlier_detection {
+            self.outlier_detection(&format!("{path}.outlier_detection"), outlier);
+        }
+        if let Some(breaker) = &cluster.circuit_breaker {
+            self.circuit_breaker(&format!("{path}.circuit_breaker"), breaker);
+        }
+    }
+
+    fn health_check(&mut self, path: &str, check: &HealthCheckSpec) {
+        match (&check.http_path, &check.grpc_service) {
+            (Some(_), Some(_)) => self.error(
+                path,
+                "health_check has both http_path and grpc_service, expected exactly one",
+            ),
+            (None, None) => self.error(
+                path,
+                "health_check has neither http_path nor grpc_service, expected exactly one",
+            ),
+            (Some(http_path), None) => {
+                if !http_path.starts_with('/') {
+                    self.error(
+                        format!("{path}.http_path"),
+                        format!("http_path {http_path:?} must start with '/'"),
+                    );
+                } else if let Some(c) = http_path
+                    .chars()
+                    .find(|&c| !c.is_ascii_graphic() || c == '#')
+                {
+                    self.error(
+                        format!("{path}.http_path"),
+                        format!("character {c:?} is not allowed in http_path {http_path:?}"),
+                    );
+                }
+            }
+            (None, Some(service)) => {
+                if let Some(c) = service.chars().find(|c| c.is_control()) {
+                    self.error(
+                        format!("{path}.grpc_service"),
+                        format!("character {c:?} is not allowed in grpc_service {service:?}"),
+                    );
+                }
+            }
+        }
+        if !check.expected_statuses.is_empty() && check.http_path.is_none() {
+            self.error(
+                format!("{path}.expected_statuses"),
+                "expected_statuses applies to http_path checks only",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, &status) in check.expected_statuses.iter().enumerate() {
+            let status_path = format!("{path}.expected_statuses[{i}]");
+            if !(100..=599).contains(&status) {
+                self.error(
+                    status_path,
+                    format!("status {status} is out of range 100..=599"),
+                );
+            } else if !seen.insert(status) {
+                self.error(status_path, format!("duplicate status {status}"));
+            }
+        }
+        self.range(
+            format!("{path}.interval_ms"),
+            "interval_ms",
+            check.interval_ms,
+            HEALTH_INTERVAL_MIN_MS,
+            REQUEST_TIMEOUT_MAX_MS,
+        );
+        if let Some(timeout) = check.timeout_ms {
+            if timeout == 0 {
+                self.error(
+                    format!("{path}.timeout_ms"),
+                    "timeout_ms 0 is out of range, at least 1 is required",
+                );
+            } else if timeout >= check.interval_ms {
+                self.error(
+                    format!("{path}.timeout_ms"),
+                    format!(
+                        "timeout_ms {timeout} must be less than interval_ms {}",
+                        check.interval_ms
+                    ),
+                );
+            }
+        }
+        for (field, value) in [
+            ("unhealthy_threshold", check.unhealthy_threshold),
+            ("healthy_threshold", check.healthy_threshold),
+        ] {
+            self.range(
+                format!("{path}.{field}"),
+                field,
+                u64::from(value),
+                1,
+                HEALTH_THRESHOLD_MAX,
+            );
+        }
+    }
+
+    fn outlier_detection(&mut self, path: &str, outlier: &OutlierDetectionSpec) {
+        for (field, value) in [
+            ("consecutive_5xx", outlier.consecutive_5xx),
+            (
+                "consecutive_gateway_failures",
+                outlier.consecutive_gateway_failures,
+            ),
+        ] {
+            self.range(
+                format!("{path}.{field}"),
+                field,
+                u64::from(value),
+                1,
+                OUTLIER_THRESHOLD_MAX,
+            );
+        }
+        self.range(
+            format!("{path}.base_ejection_ms"),
+            "base_ejection_ms",
+            outlier.base_ejection_ms,
+            1,
+            REQUEST_TIMEOUT_MAX_MS,
+        );
+        if let Some(max) = outlier.max_ejection_ms {
+            if max < outlier.base_ejection_ms {
+                self.error(
+                    format!("{path}.max_ejection_ms"),
+                    format!(
+                        "max_ejection_ms {max} is less than base_ejection_ms {}",
+                        outlier.base_ejection_ms
+                    ),
+                );
+            } else {
+                self.range(
+                    format!("{path}.max_ejection_ms"),
+                    "max_ejection_ms",
+                    max,
+                    1,
+                    EJECTION_MAX_MS,
+                );
+            }
+        }
+        self.range(
+            format!("{path}.max_ejection_percent"),
+            "max_ejection_percent",
+            u64::from(outlier.max_ejection_percent),
+            0,
+            u64::from(PERCENT),
+        );
+    }
+
+    fn circuit_breaker(&mut self, path: &str, breaker: &CircuitBreakerSpec) {
+        for (field, value) in [
+            ("max_requests", breaker.max_requests),
+            ("max_pending", breaker.max_pending),
+        ] {
+            self.range(
+                format!("{path}.{field}"),
+                field,
+                u64::from(value),
+                1,
+                CIRCUIT_LIMIT_MAX,
+            );
+        }
+    }
+
+    /// An endpoint has one health state: clusters that share an address must probe it the
+    /// same way.
+    fn shared_endpoints(&mut self) {
+        // Normalized address → (cluster, its health check) of the first cluster probing it.
+        let mut probed: HashMap<String, (&str, &HealthCheckSpec)> = HashMap::new();
+        for (name, cluster) in &self.rules.clusters {
+            let Some(check) = &cluster.health_check else {
+                continue;
+            };
+            for endpoint in &cluster.endpoints {
+                let Ok(address) = normalize_address(endpoint.address()) else {
+                    continue;
+                };
+                match probed.get(&address) {
+                    Some((first, first_check)) if *first_check != check => {
+                        let message = format!(
+                            "endpoint {:?} is also in cluster {first:?} with a different health_check; an endpoint has one health state, so clusters sharing it must check it the same way",
+                            endpoint.address()
+                        );
+                        self.errors.push(Issue::new(
+                            format!("$.clusters{}.health_check", key_path(name)),
+                            message,
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        probed.insert(address, (name, check));
+                    }
+                }
+            }
+        }
     }
 
     fn route(&mut self, key: &str, route: &RouteSpec) {
@@ -209,17 +418,7 @@ impl Validator<'_> {
             );
         }
         if let Some(fallback) = &route.fallback {
-            if *fallback == route.cluster {
-                self.error(
-                    format!("{path}.fallback"),
-                    format!("fallback {fallback:?} is the primary cluster itself"),
-                );
-            } else if !self.rules.clusters.contains_key(fallback) {
-                self.error(
-                    format!("{path}.fallback"),
-                    format!("unknown cluster {fallback:?}"),
-                );
-            }
+            self.fallback(&format!("{path}.fallback"), route, fallback);
         }
         if let Some(split) = &route.split {
             let split_path = format!("{path}.split");
@@ -249,6 +448,43 @@ impl Validator<'_> {
                 1,
                 REQUEST_TIMEOUT_MAX_MS,
             );
+        }
+    }
+
+    /// A fallback chain: every name resolves, and no cluster comes twice in it (the primary
+    /// included), so a chain never loops. A split's other clusters may be fallbacks: a
+    /// request never tries the cluster it was sent to twice.
+    fn fallback(&mut self, path: &str, route: &RouteSpec, fallback: &FallbackSpec) {
+        let names = fallback.clusters();
+        if names.is_empty() {
+            self.error(
+                path,
+                "fallback list is empty, leave it out or name at least one cluster",
+            );
+        }
+        let indexed = matches!(fallback, FallbackSpec::Chain(_));
+        for (i, name) in names.iter().enumerate() {
+            let entry_path = if indexed {
+                format!("{path}[{i}]")
+            } else {
+                path.to_owned()
+            };
+            if *name == route.cluster {
+                self.error(
+                    entry_path,
+                    format!("fallback {name:?} is the primary cluster itself"),
+                );
+            } else if names[..i].contains(name) {
+                let first = names.iter().position(|n| n == name).unwrap_or(0);
+                self.error(
+                    entry_path,
+                    format!(
+                        "fallback {name:?} comes twice in the chain (first at fallback[{first}])"
+                    ),
+                );
+            } else if !self.rules.clusters.contains_key(name) {
+                self.error(entry_path, format!("unknown cluster {name:?}"));
+            }
         }
     }
 

@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::state::{ApplyError, ConfigSource, Shared};
+use crate::host::{EJECTED, HealthStatus, UNHEALTHY};
+use crate::route::Cluster;
+use crate::state::{ConfigSource, Shared};
 
 /// Largest rule set `PUT /config` accepts (a 100,000-route set is about 10 MiB).
 const MAX_CONFIG_BYTES: usize = 256 * 1024 * 1024;
@@ -62,6 +64,20 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 
 async fn metrics(State(admin): State<Admin>) -> Response {
     crate::metrics::refresh_gauges();
+    let table = admin.shared.table.load_full();
+    for cluster in table.clusters() {
+        if cluster.eligibility_mask == 0 {
+            continue;
+        }
+        for host in cluster.endpoints.iter() {
+            crate::metrics::record_endpoint(
+                &cluster.name,
+                &host.address,
+                !host.has_flag(UNHEALTHY),
+                host.has_flag(EJECTED),
+            );
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         admin.metrics.render(),
@@ -104,11 +120,9 @@ async fn put_config(State(admin): State<Admin>, headers: HeaderMap, body: Bytes)
         Ok(r) => r,
         Err(e) => return invalid(e.issues()),
     };
-    match admin.shared.apply(rule_set, ConfigSource::File) {
-        Ok(table) => Json(json!({ "version": table.version, "generation": table.generation, "routes": table.len() })).into_response(),
-        Err(ApplyError::Invalid(errors)) => invalid(errors.0),
-        Err(e @ ApplyError::Build(_)) => error(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string(), None),
-    }
+    let table = admin.shared.apply(rule_set, ConfigSource::File);
+    Json(json!({ "version": table.version, "generation": table.generation, "routes": table.len() }))
+        .into_response()
 }
 
 fn invalid(problems: Vec<models_config::Issue>) -> Response {
@@ -139,24 +153,64 @@ fn error(
 
 async fn clusters(State(admin): State<Admin>) -> Response {
     let table = admin.shared.table.load_full();
-    let clusters: Vec<_> = table
-        .clusters()
-        .map(|c| {
+    let clusters: Vec<_> = table.clusters().map(|c| cluster_json(c)).collect();
+    Json(json!({ "version": table.version, "generation": table.generation, "clusters": clusters }))
+        .into_response()
+}
+
+/// A cluster and its endpoints with their state, as `GET /clusters` shows them.
+fn cluster_json(c: &Cluster) -> serde_json::Value {
+    let endpoints: Vec<_> = c
+        .endpoints
+        .iter()
+        .zip(c.weights.iter())
+        .enumerate()
+        .map(|(i, (host, weight))| {
+            let (health, last) = if c.health_check.is_some() {
+                host.health.snapshot()
+            } else {
+                (HealthStatus::Unknown, None)
+            };
+            let ejected_until = host
+                .outlier
+                .ejected_until_ms()
+                .filter(|_| c.outlier.is_some());
             json!({
-                "name": &*c.name,
-                "protocol": c.protocol,
-                "lb_policy": c.lb_policy,
-                "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
-                "request_timeout_ms": c.request_timeout.as_millis() as u64,
-                "endpoints": c.endpoints.iter().map(|e| json!({
-                    "address": &*e.address,
-                    "weight": e.weight,
-                    "active_requests": e.active_requests(),
-                    "open_connections": e.pool.open_connections(),
-                })).collect::<Vec<_>>(),
+                "address": &*host.address,
+                "weight": weight,
+                "active_requests": host.active_requests(),
+                "open_connections": host.pool.open_connections(),
+                "health": health.as_str(),
+                "last_check": last.map(|l| json!({
+                    "ok": l.ok,
+                    "detail": l.detail,
+                    "at_unix_ms": l.at_unix_ms,
+                    "duration_ms": l.duration.as_secs_f64() * 1000.0,
+                })),
+                "ejected": ejected_until.is_some(),
+                "ejected_until_unix_ms": ejected_until,
+                "times_ejected": host.outlier.times_ejected(),
+                "eligible": c.is_eligible(i),
             })
         })
         .collect();
-    Json(json!({ "version": table.version, "generation": table.generation, "clusters": clusters }))
-        .into_response()
+    let (in_flight, pending) = c.breaker.as_ref().map_or((None, None), |b| {
+        (
+            Some(b.state.in_flight.load(Ordering::Relaxed)),
+            Some(b.state.pending.load(Ordering::Relaxed)),
+        )
+    });
+    json!({
+        "name": &*c.name,
+        "protocol": c.protocol,
+        "lb_policy": c.lb_policy,
+        "connect_timeout_ms": c.connect_timeout.as_millis() as u64,
+        "request_timeout_ms": c.request_timeout.as_millis() as u64,
+        "health_check": c.health_check,
+        "outlier_detection": c.outlier.as_ref().map(|o| &o.spec),
+        "circuit_breaker": c.breaker.as_ref().map(|b| &b.spec),
+        "active_requests": in_flight.unwrap_or_else(|| c.endpoints.iter().map(|h| h.active_requests()).sum()),
+        "pending_requests": pending.unwrap_or(0),
+        "endpoints": endpoints,
+    })
 }

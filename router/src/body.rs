@@ -1,17 +1,14 @@
 //! The two body wrappers of the request path. Both pass frames through untouched (the same
-//! `Bytes`, no copy, no buffering); they only watch for the end of the stream.
+//! `Bytes`, no copy, no buffering); they only watch for the end of the stream. This module
+//! depends on nothing else of the router.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
-
-use crate::route::Endpoint;
 
 pin_project_lite::pin_project! {
     /// A downstream request body on its way upstream. When it has a body at all, it reports
@@ -79,44 +76,25 @@ impl Body for RequestBody {
     }
 }
 
-/// Counts a request against its endpoint (least request, `GET /clusters`) until the
-/// response body ends or is dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl InFlight {
-    /// Starts counting a request on `endpoint`.
-    pub fn start(endpoint: &Arc<Endpoint>) -> Self {
-        endpoint.active.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(endpoint))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 pin_project_lite::pin_project! {
-    /// An upstream response body passed through frame by frame, holding the endpoint's
-    /// in-flight count until it ends.
+    /// An upstream response body passed through frame by frame, holding `guard` (the
+    /// endpoint's in-flight count) until it ends or is dropped.
     #[derive(Debug)]
-    pub struct UpstreamBody {
+    pub struct UpstreamBody<G> {
         #[pin]
         inner: Incoming,
-        in_flight: InFlight,
+        guard: G,
     }
 }
 
-impl UpstreamBody {
-    /// Wraps a response body of `in_flight`'s endpoint.
-    pub fn new(inner: Incoming, in_flight: InFlight) -> Self {
-        UpstreamBody { inner, in_flight }
+impl<G> UpstreamBody<G> {
+    /// Wraps a response body, keeping `guard` alive as long as the body.
+    pub fn new(inner: Incoming, guard: G) -> Self {
+        UpstreamBody { inner, guard }
     }
 }
 
-impl Body for UpstreamBody {
+impl<G> Body for UpstreamBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use models_config::spec::RuleSet;
+use models_config::ValidRuleSet;
 use routing_proto::lightbulb::v1 as pb;
 use routing_proto::lightbulb::v1::routing_config_client::RoutingConfigClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Source};
 use crate::route::RouteTable;
-use crate::state::{ApplyError, ConfigSource, Shared};
+use crate::state::{ConfigSource, Shared};
 
 /// The file in the snapshot dir holding the last applied snapshot (a models-config rule set).
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -85,34 +85,25 @@ impl Settings {
 /// `snapshot_dir` (source `snapshot`, ready at once), or, without a valid one, an empty
 /// table that is not ready until the first snapshot is applied.
 ///
-/// # Errors
-///
-/// Only if even an empty table cannot be built.
 pub fn initial_state(
     snapshot_dir: &Path,
     routing_header: HeaderName,
     access_log: bool,
     workers: usize,
-) -> Result<Shared, ApplyError> {
+) -> Shared {
     if let Some(rule_set) = load_snapshot(snapshot_dir) {
-        match Shared::new(
+        let shared = Shared::new(
             rule_set,
             ConfigSource::Snapshot,
-            routing_header.clone(),
+            routing_header,
             access_log,
             workers,
-        ) {
-            Ok(shared) => {
-                tracing::info!(
-                    version = shared.table.load().version,
-                    "serving the snapshot kept on disk until the control plane answers"
-                );
-                return Ok(shared);
-            }
-            Err(e) => {
-                tracing::error!(dir = %snapshot_dir.display(), "snapshot on disk rejected; not ready until the control plane sends one: {e}");
-            }
-        }
+        );
+        tracing::info!(
+            version = shared.table.load().version,
+            "serving the snapshot kept on disk until the control plane answers"
+        );
+        return shared;
     }
     Shared::unconfigured(routing_header, access_log, workers)
 }
@@ -141,9 +132,6 @@ pub enum SnapshotError {
         /// Routes in the rule set.
         routes: usize,
     },
-    /// Validation or the table build failed.
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
 }
 
 /// What [`apply_snapshot`] did with a valid snapshot.
@@ -178,16 +166,16 @@ pub fn apply_snapshot(
             shared.source(),
             ConfigSource::Snapshot | ConfigSource::ControlPlane
         )
-        && *in_force.rule_set == rule_set
+        && in_force.rule_set == rule_set
     {
         shared.set_source(ConfigSource::ControlPlane);
         return Ok(Applied::Unchanged);
     }
-    let table = shared.apply(rule_set, ConfigSource::ControlPlane)?;
+    let table = shared.apply(rule_set, ConfigSource::ControlPlane);
     Ok(Applied::Changed(table))
 }
 
-fn check(snapshot: &pb::RoutingSnapshot) -> Result<RuleSet, SnapshotError> {
+fn check(snapshot: &pb::RoutingSnapshot) -> Result<ValidRuleSet, SnapshotError> {
     let rule_set = models_config::parse(&snapshot.rule_set_json).map_err(SnapshotError::Parse)?;
     if rule_set.version != snapshot.version {
         return Err(SnapshotError::VersionMismatch {
@@ -226,7 +214,7 @@ pub fn persist(dir: &Path, rule_set_json: &str) -> std::io::Result<()> {
 /// The snapshot kept in `dir`, if there is a valid one. A missing file is `None`; an
 /// unreadable or invalid one is logged with every problem and is `None` too (the router then
 /// waits for the control plane).
-pub fn load_snapshot(dir: &Path) -> Option<RuleSet> {
+pub fn load_snapshot(dir: &Path) -> Option<ValidRuleSet> {
     let path = dir.join(SNAPSHOT_FILE);
     if !path.exists() {
         tracing::info!(path = %path.display(), "no snapshot on disk; not ready until the control plane sends one");
@@ -466,11 +454,6 @@ fn log_rejected(version: u64, e: &SnapshotError) {
     match e {
         SnapshotError::Parse(parse) => {
             for issue in parse.issues() {
-                tracing::error!(version, at = %issue.path, "control plane: snapshot rejected: {}", issue.message);
-            }
-        }
-        SnapshotError::Apply(ApplyError::Invalid(errors)) => {
-            for issue in &errors.0 {
                 tracing::error!(version, at = %issue.path, "control plane: snapshot rejected: {}", issue.message);
             }
         }

@@ -42,8 +42,8 @@ pub enum ProxyError {
     /// The cluster has no endpoint that may receive traffic.
     #[error("no healthy endpoint in the cluster")]
     NoHealthyUpstream,
-    /// A concurrency or rate limit was hit.
-    #[error("too many requests in flight")]
+    /// A concurrency limit was hit (a cluster's circuit breaker).
+    #[error("too many requests in flight to the cluster")]
     Overloaded,
 }
 
@@ -80,10 +80,10 @@ impl ProxyError {
             ProxyError::MissingRoutingKey => 3, // INVALID_ARGUMENT
             ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
             ProxyError::UpstreamTimeout => 4,   // DEADLINE_EXCEEDED
-            ProxyError::Overloaded => 8,        // RESOURCE_EXHAUSTED
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamProtocol
-            | ProxyError::NoHealthyUpstream => 14, // UNAVAILABLE
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::Overloaded => 14, // UNAVAILABLE
         }
     }
 

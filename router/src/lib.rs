@@ -24,12 +24,16 @@ pub mod config;
 pub mod control_plane;
 pub mod error;
 pub mod headers;
+pub mod health;
+pub mod host;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod reload;
 mod rng;
 pub mod route;
 pub mod server;
+pub mod source;
 pub mod state;
 pub mod upstream;
 
@@ -47,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use config::Source;
-use state::{ApplyError, ConfigSource, Shared};
+use state::{ConfigSource, Shared};
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +65,6 @@ pub enum StartError {
         #[source]
         source: models_config::ConfigError,
     },
-    /// The rule set is valid but could not be turned into a route table.
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
     /// A flag has a value the router cannot use.
     #[error("{0}")]
     Flag(String),
@@ -159,7 +160,7 @@ impl Router {
                     routing_header,
                     config.access_log,
                     workers,
-                )?
+                )
             }
             Source::ControlPlane(urls) => {
                 if urls.is_empty() {
@@ -181,7 +182,7 @@ impl Router {
                     routing_header,
                     config.access_log,
                     workers,
-                )?
+                )
             }
         };
         let shared = Arc::new(shared);
@@ -291,6 +292,9 @@ impl Router {
                     ))
                 }
             };
+            let probers = shared
+                .take_probers()
+                .map(|probes| tokio::spawn(health::run_probers(probes, stop_control.clone())));
             let upkeep = {
                 let metrics = metrics.clone();
                 let stop = stop_control.clone();
@@ -344,6 +348,9 @@ impl Router {
             stop_control.cancel();
             let _ = watcher.await;
             let _ = upkeep.await;
+            if let Some(probers) = probers {
+                let _ = probers.await;
+            }
             if let Some(admin) = admin_server {
                 let _ = admin.await;
             }
@@ -364,6 +371,12 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(
                 metrics::REQUEST_DURATION_SECONDS.to_string(),
+            ),
+            metrics::DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                metrics::HEALTH_CHECK_DURATION_SECONDS.to_string(),
             ),
             metrics::DURATION_BUCKETS,
         )?

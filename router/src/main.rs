@@ -40,9 +40,7 @@ fn main() -> ExitCode {
                 _ => eprintln!("router: {e}"),
             }
             return match e {
-                StartError::Config { .. } | StartError::Flag(_) | StartError::Apply(_) => {
-                    ExitCode::from(EX_USAGE)
-                }
+                StartError::Config { .. } | StartError::Flag(_) => ExitCode::from(EX_USAGE),
                 _ => ExitCode::FAILURE,
             };
         }

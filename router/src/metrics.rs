@@ -41,6 +41,22 @@ pub const SNAPSHOT_WRITES_TOTAL: &str = "router_snapshot_writes_total";
 /// Snapshots older than the routes in force, held back (see `--control-plane-stale-grace-ms`).
 pub const STALE_SNAPSHOTS_TOTAL: &str = "router_control_plane_stale_snapshots_total";
 
+/// 1 when an endpoint is not held unhealthy by its health check, else 0; by cluster and
+/// endpoint.
+pub const ENDPOINT_HEALTHY: &str = "router_endpoint_healthy";
+/// 1 while outlier detection has an endpoint ejected, else 0; by cluster and endpoint.
+pub const ENDPOINT_EJECTED: &str = "router_endpoint_ejected";
+/// Ejections by outlier detection, by cluster, endpoint and reason (`consecutive_5xx`,
+/// `consecutive_gateway_failures`).
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "router_outlier_ejections_total";
+/// Requests refused by a cluster's circuit breaker, by cluster and limit (`max_requests`,
+/// `max_pending`).
+pub const CIRCUIT_BREAKER_REFUSED_TOTAL: &str = "router_circuit_breaker_refused_total";
+/// Time a health-check probe took, by cluster.
+pub const HEALTH_CHECK_DURATION_SECONDS: &str = "router_health_check_duration_seconds";
+/// Failed health-check probes, by cluster and endpoint.
+pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "router_health_check_failures_total";
+
 /// Histogram buckets for request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -106,6 +122,68 @@ pub fn describe() {
         STALE_SNAPSHOTS_TOTAL,
         "Snapshots older than the routes in force, held back"
     );
+    metrics::describe_gauge!(
+        ENDPOINT_HEALTHY,
+        "1 when the endpoint is not held unhealthy by its health check"
+    );
+    metrics::describe_gauge!(
+        ENDPOINT_EJECTED,
+        "1 while outlier detection has the endpoint ejected"
+    );
+    metrics::describe_counter!(
+        OUTLIER_EJECTIONS_TOTAL,
+        "Endpoints ejected by outlier detection, by reason"
+    );
+    metrics::describe_counter!(
+        CIRCUIT_BREAKER_REFUSED_TOTAL,
+        "Requests refused by a cluster's circuit breaker, by limit"
+    );
+    metrics::describe_histogram!(
+        HEALTH_CHECK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time a health-check probe took"
+    );
+    metrics::describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, "Failed health-check probes");
+}
+
+/// The counter of requests `cluster`'s circuit breaker refused at `limit`.
+pub fn circuit_breaker_refused(cluster: &str, limit: &'static str) -> Counter {
+    metrics::counter!(CIRCUIT_BREAKER_REFUSED_TOTAL, "cluster" => cluster.to_string(), "limit" => limit)
+}
+
+/// Records an ejection of `endpoint` of `cluster`.
+pub fn record_ejection(cluster: &str, endpoint: &str, reason: &'static str) {
+    metrics::counter!(
+        OUTLIER_EJECTIONS_TOTAL,
+        "cluster" => cluster.to_string(),
+        "endpoint" => endpoint.to_string(),
+        "reason" => reason
+    )
+    .increment(1);
+}
+
+/// Records one health-check probe of `endpoint` for `cluster`.
+pub fn record_health_check(cluster: &str, endpoint: &str, took: Duration, ok: bool) {
+    metrics::histogram!(HEALTH_CHECK_DURATION_SECONDS, "cluster" => cluster.to_string())
+        .record(took.as_secs_f64());
+    if !ok {
+        metrics::counter!(
+            HEALTH_CHECK_FAILURES_TOTAL,
+            "cluster" => cluster.to_string(),
+            "endpoint" => endpoint.to_string()
+        )
+        .increment(1);
+    }
+}
+
+/// Publishes an endpoint's health and ejection gauges (called before a scrape).
+pub fn record_endpoint(cluster: &str, endpoint: &str, healthy: bool, ejected: bool) {
+    let labels = [
+        ("cluster", cluster.to_string()),
+        ("endpoint", endpoint.to_string()),
+    ];
+    metrics::gauge!(ENDPOINT_HEALTHY, &labels).set(if healthy { 1.0 } else { 0.0 });
+    metrics::gauge!(ENDPOINT_EJECTED, &labels).set(if ejected { 1.0 } else { 0.0 });
 }
 
 /// Publishes gauges that are kept as plain atomics on the hot path; called before a scrape.
@@ -233,8 +311,8 @@ pub fn record_table(version: u64, generation: u64, routes: usize) {
 }
 
 /// Publishes where the rule set in use came from.
-pub fn record_source(source: crate::state::ConfigSource) {
-    for s in crate::state::ConfigSource::ALL {
+pub fn record_source(source: crate::source::ConfigSource) {
+    for s in crate::source::ConfigSource::ALL {
         metrics::gauge!(CONFIG_SOURCE, "source" => s.as_str()).set(if s == source {
             1.0
         } else {

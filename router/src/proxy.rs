@@ -1,19 +1,27 @@
-//! The per-request path, top to bottom:
+//! The per-request path, a fixed list of phases:
 //!
-//! 1. read the routing key from its header, as bytes;
-//! 2. look the route up in the current table snapshot (the guard is dropped at once);
-//! 3. pick the target cluster (a weighted split, if the route has one) and an endpoint;
-//! 4. rewrite the head: hop-by-hop headers out, `x-forwarded-for` and `x-request-id` in,
-//!    URI in the form the upstream protocol wants;
-//! 5. forward on a pooled connection; a connect failure goes once to another endpoint, then
-//!    to the route's fallback cluster;
-//! 6. hand the upstream response back with its body untouched (it streams frame by frame,
-//!    trailers included), or answer with the router's own error.
+//! 1. **route**: read the routing key from its header, as bytes, and look the route up in the
+//!    current table snapshot (the guard is dropped at once); rewrite the head (hop-by-hop
+//!    headers out, `x-forwarded-for` and `x-request-id` in);
+//! 2. **pick**: the target cluster (a weighted split, if the route has one);
+//! 3. for the target, then each cluster of the route's fallback chain while the one before
+//!    had no eligible endpoint, was overloaded or could not be connected to:
+//!    - **admission**: the cluster's circuit breaker ([`crate::route::Breaker`]), when it has
+//!      one;
+//!    - **pick**: an eligible endpoint ([`crate::route::Cluster::pick`]: health and
+//!      ejection, when configured);
+//!    - **forward**: on a pooled connection; a connect failure goes once to another
+//!      endpoint; the answer feeds outlier detection ([`crate::outlier`]), when configured;
+//! 4. **respond**: hand the upstream response back with its body untouched (it streams
+//!    frame by frame, trailers included), or answer with the router's own error.
+//!
+//! Each feature costs one `Option` (or mask) check when it is not configured. The route
+//! timeout covers the whole of phase 3 and starts once the request body has been read.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,17 +34,22 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use models_config::spec::Protocol;
 
-use crate::body::{InFlight, RequestBody, UpstreamBody};
+use crate::body::{RequestBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::host::InFlight;
 use crate::metrics::{self, ActiveRequest};
-use crate::route::{Route, RouteTarget};
+use crate::outlier::Outcome;
+use crate::route::{Breaker, Route, RouteTarget};
 use crate::state::Shared;
 use crate::upstream::SendError;
 
-/// The body of every response the router sends: the upstream's, streamed, or the router's
-/// own small error body.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// The body of every response the router sends: the upstream's, streamed (holding its
+/// endpoint's in-flight count), or the router's own small error body.
+pub type ProxyBody = Either<UpstreamBody<InFlight>, Full<Bytes>>;
+
+/// An upstream response on its way to the client.
+type Upstream = Response<UpstreamBody<InFlight>>;
 
 /// The hyper service for one downstream connection.
 #[derive(Debug, Clone)]
@@ -78,7 +91,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let _active = ActiveRequest::start();
     let grpc = headers::is_grpc(req.headers());
 
-    // 1–2: key and route. The snapshot guard lives only inside this block.
+    // 1: route. The snapshot guard lives only inside this block.
     let route: Arc<Route> = {
         let Some(key) = req.headers().get(&shared.routing_header) else {
             return unrouted(ProxyError::MissingRoutingKey, None, &req, grpc, start);
@@ -92,8 +105,6 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             }
         }
     };
-
-    // 3–4: target and head rewrite.
     let downstream_version = req.version();
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true);
@@ -101,24 +112,23 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     headers::ensure_request_id(&mut parts.headers);
     let (body, upload_done) = RequestBody::new(body);
     let req = Request::from_parts(parts, body);
+
+    // 2: pick the target cluster.
     let target = route.pick_target();
 
-    // 5: forward. The route timeout covers connect attempts, fallback and the wait for
-    // response headers, and starts once the request body has been read: a client still
-    // uploading is not a slow model server.
-    let deadline = async {
+    // 3: admission, pick and forward, along the fallback chain. The route timeout covers
+    // connect attempts, fallbacks and the wait for response headers, and starts once the
+    // request body has been read: a client still uploading is not a slow model server.
+    let deadline = pin!(async {
         if let Some(done) = upload_done {
             let _ = done.await;
         }
         tokio::time::sleep(route.timeout).await;
-    };
-    let (served_by, result, body_complete) = tokio::select! {
-        biased;
-        forwarded = forward(&route, target, req, downstream_version) => forwarded,
-        () = deadline => (target, Err(ProxyError::UpstreamTimeout), false),
-    };
+    });
+    let (served_by, result, body_complete) =
+        forward(&route, target, req, downstream_version, deadline).await;
 
-    // 6: respond.
+    // 4: respond.
     let response = match result {
         Ok(mut resp) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
@@ -168,99 +178,185 @@ fn close_if_body_unread<B>(resp: &mut Response<B>, version: Version, body_comple
     }
 }
 
-/// Sends the request to `target`, then to the route's fallback when no endpoint of the
-/// target could be connected to. Returns the target that answered (for metrics) and whether
-/// the request body had been read whole.
-async fn forward<'r>(
+/// What forwarding came to: the target that answered (or was tried last, for metrics), the
+/// answer, and whether the request body had been read whole.
+type Forwarded<'r> = (&'r RouteTarget, Result<Upstream, ProxyError>, bool);
+
+/// Sends the request to `target`, then along the route's fallback chain while a cluster
+/// could not take it, all within `deadline`.
+async fn forward<'r, D: Future<Output = ()>>(
     route: &'r Route,
     target: &'r RouteTarget,
     req: Request<RequestBody>,
     downstream_version: Version,
-) -> (
-    &'r RouteTarget,
-    Result<Response<UpstreamBody>, ProxyError>,
-    bool,
-) {
-    let req = match send_to_cluster(target, req, downstream_version).await {
-        Ok(resp) => return (target, Ok(resp), true),
-        Err(Failure::Answered(err)) => return (target, Err(err), false),
-        Err(Failure::Unreachable(req)) => req,
-    };
-    match &route.fallback {
-        Some(fallback) => {
-            fallback.metrics.fell_back();
-            // Boxed: the fallback is the cold path, and the common future stays small.
-            match Box::pin(send_to_cluster(fallback, *req, downstream_version)).await {
-                Ok(resp) => (fallback, Ok(resp), true),
-                Err(Failure::Answered(err)) => (fallback, Err(err), false),
-                Err(Failure::Unreachable(req)) => (
-                    fallback,
-                    Err(ProxyError::UpstreamConnect),
-                    req.body().is_complete(),
-                ),
-            }
+    mut deadline: Pin<&mut D>,
+) -> Forwarded<'r> {
+    match send_to_cluster(target, req, downstream_version, deadline.as_mut()).await {
+        Ok(resp) => (target, Ok(resp), true),
+        Err(Failure::Answered(err)) => (target, Err(err), false),
+        Err(Failure::Skipped(why, req)) if route.fallbacks.is_empty() => {
+            let complete = req.body().is_complete();
+            (target, Err(why), complete)
         }
-        None => (
-            target,
-            Err(ProxyError::UpstreamConnect),
-            req.body().is_complete(),
-        ),
+        // Boxed: the fallback chain is the cold path, and the common future stays small.
+        Err(Failure::Skipped(why, req)) => {
+            Box::pin(fall_back(
+                route,
+                target,
+                *req,
+                why,
+                downstream_version,
+                deadline,
+            ))
+            .await
+        }
     }
 }
 
+/// Tries each fallback cluster in turn (never the one just tried). When none takes the
+/// request, the answer is why the last one could not.
+async fn fall_back<'r, D: Future<Output = ()>>(
+    route: &'r Route,
+    first: &'r RouteTarget,
+    mut req: Request<RequestBody>,
+    mut why: ProxyError,
+    downstream_version: Version,
+    mut deadline: Pin<&mut D>,
+) -> Forwarded<'r> {
+    let mut last = first;
+    for fallback in route.fallbacks.iter() {
+        if Arc::ptr_eq(&fallback.cluster, &first.cluster) {
+            continue;
+        }
+        fallback.metrics.fell_back();
+        last = fallback;
+        match send_to_cluster(fallback, req, downstream_version, deadline.as_mut()).await {
+            Ok(resp) => return (fallback, Ok(resp), true),
+            Err(Failure::Answered(err)) => return (fallback, Err(err), false),
+            Err(Failure::Skipped(next_why, back)) => {
+                why = next_why;
+                req = *back;
+            }
+        }
+    }
+    let complete = req.body().is_complete();
+    (last, Err(why), complete)
+}
+
 enum Failure {
-    /// Nothing was sent anywhere; the request can still go elsewhere.
-    Unreachable(Box<Request<RequestBody>>),
+    /// The cluster could not take the request (no eligible endpoint, overloaded, or no
+    /// endpoint accepted a connection); nothing was sent, and the request can go on.
+    Skipped(ProxyError, Box<Request<RequestBody>>),
     /// The request was consumed; this is the answer.
     Answered(ProxyError),
 }
 
-/// Up to two connection attempts on two different endpoints of a cluster.
-async fn send_to_cluster(
+/// Admission, pick and forward on one cluster: up to two connection attempts on two
+/// different eligible endpoints.
+async fn send_to_cluster<D: Future<Output = ()>>(
     target: &RouteTarget,
     req: Request<RequestBody>,
     downstream_version: Version,
-) -> Result<Response<UpstreamBody>, Failure> {
-    let cluster = &target.cluster;
-    let n = cluster.endpoints.len();
+    mut deadline: Pin<&mut D>,
+) -> Result<Upstream, Failure> {
+    let cluster = &*target.cluster;
+    let mut permit = match &cluster.breaker {
+        None => None,
+        Some(breaker) => match breaker.admit() {
+            Some(permit) => Some(permit),
+            None => return Err(Failure::Skipped(ProxyError::Overloaded, Box::new(req))),
+        },
+    };
+    let use_h2 = match cluster.protocol {
+        Protocol::Http1 => false,
+        Protocol::Http2 => true,
+        Protocol::Auto => downstream_version == Version::HTTP_2,
+    };
     let mut req = req;
     let mut exclude = None;
-    let attempts = if n > 1 { 2 } else { 1 };
-    for attempt in 0..attempts {
-        let i = cluster.balancer.pick(n, req.headers(), exclude, |i| {
-            cluster.endpoints[i].active_requests()
-        });
-        let endpoint = &cluster.endpoints[i];
-        let in_flight = InFlight::start(endpoint);
-        let use_h2 = match cluster.protocol {
-            Protocol::Http1 => false,
-            Protocol::Http2 => true,
-            Protocol::Auto => downstream_version == Version::HTTP_2,
+    let mut why = ProxyError::NoHealthyUpstream;
+    for attempt in 0..2 {
+        let Some(i) = cluster.pick(req.headers(), exclude) else {
+            break;
         };
-        prepare_uri(&mut req, &endpoint.authority, use_h2);
-        let sent = if use_h2 {
-            endpoint.pool.send_http2(req, cluster.connect_timeout).await
-        } else {
-            endpoint.pool.send_http1(req, cluster.connect_timeout).await
+        if attempt > 0 {
+            target.metrics.retried();
+        }
+        let host = &cluster.endpoints[i];
+        let in_flight = InFlight::start(host, permit.take());
+        prepare_uri(&mut req, &host.authority, use_h2);
+        let pending = cluster.breaker.as_ref().map(Breaker::pending_limit);
+        let timeout = cluster.connect_timeout;
+        let send = async move {
+            if use_h2 {
+                host.pool.send_http2(req, timeout, pending).await
+            } else {
+                host.pool.send_http1(req, timeout, pending).await
+            }
+        };
+        let sent = tokio::select! {
+            biased;
+            sent = send => sent,
+            () = &mut deadline => {
+                observe(target, i, Outcome::GatewayFailure);
+                return Err(Failure::Answered(ProxyError::UpstreamTimeout));
+            }
         };
         match sent {
-            Ok(resp) => return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight))),
+            Ok(resp) => {
+                if cluster.outlier.is_some() {
+                    observe(target, i, outcome_of(&resp));
+                }
+                return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight)));
+            }
             Err(SendError::Exchange(e)) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream exchange failed");
+                tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "upstream exchange failed");
+                observe(target, i, Outcome::GatewayFailure);
                 return Err(Failure::Answered(ProxyError::UpstreamProtocol));
             }
             Err(SendError::Connect(e, back)) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "connect failed");
+                tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "connect failed");
                 target.metrics.connect_failed();
+                observe(target, i, Outcome::GatewayFailure);
                 req = *back;
                 exclude = Some(i);
-                if attempt + 1 < attempts {
-                    target.metrics.retried();
+                why = ProxyError::UpstreamConnect;
+                permit = in_flight.release();
+            }
+            Err(SendError::Overloaded(back)) => {
+                if let Some(breaker) = &cluster.breaker {
+                    breaker.refused_pending();
                 }
+                return Err(Failure::Skipped(ProxyError::Overloaded, back));
             }
         }
     }
-    Err(Failure::Unreachable(Box::new(req)))
+    Err(Failure::Skipped(why, Box::new(req)))
+}
+
+/// Feeds outlier detection, when the cluster has it.
+#[inline]
+fn observe(target: &RouteTarget, endpoint: usize, outcome: Outcome) {
+    let cluster = &*target.cluster;
+    if let Some(outlier) = &cluster.outlier {
+        outlier.observe(
+            &cluster.name,
+            &cluster.endpoints,
+            &cluster.endpoints[endpoint],
+            outcome,
+        );
+    }
+}
+
+/// A 5xx, or a gRPC trailers-only `UNAVAILABLE` (14) or `INTERNAL` (13), is a server error.
+fn outcome_of(resp: &Response<Incoming>) -> Outcome {
+    if resp.status().is_server_error() {
+        return Outcome::ServerError;
+    }
+    match resp.headers().get(headers::GRPC_STATUS) {
+        Some(code) if code == "14" || code == "13" => Outcome::ServerError,
+        _ => Outcome::Success,
+    }
 }
 
 /// Puts the URI (and `Host`) in the form the upstream protocol wants: origin-form plus a

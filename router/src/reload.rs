@@ -42,9 +42,7 @@ pub async fn watch_file(
 pub fn reload_bytes(shared: &Shared, path: &Path, content: &[u8]) {
     match models_config::parse_slice(content) {
         Ok(rule_set) => {
-            if let Err(e) = shared.apply(rule_set, ConfigSource::File) {
-                tracing::error!(path = %path.display(), "config rejected; keeping the current routes: {e}");
-            }
+            shared.apply(rule_set, ConfigSource::File);
         }
         Err(e) => {
             crate::metrics::record_reload(false);

@@ -2,38 +2,28 @@
 //!
 //! A table is built whole from a validated rule set, off the hot path, then published with
 //! one `ArcSwap::store`. Requests read it through a snapshot guard that they drop before any
-//! `.await`. Everything a request needs is precomputed here: parsed authorities, the
-//! balancer's schedule or hash ring, split weights, timeouts.
+//! `.await`. Everything a request needs is precomputed here: the balancer's schedule or hash
+//! ring, split weights, timeouts, which endpoint flags make an endpoint ineligible, the
+//! circuit-breaker limits and the outlier policy. The endpoints themselves are the
+//! [`Host`]s of the [`HostRegistry`]: their pools, in-flight counts, health and ejections
+//! carry over from one table to the next.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::HeaderName;
-use http::uri::Authority;
-use models_config::spec::{LbPolicy, Protocol, RuleSet};
+use http::HeaderMap;
+use metrics::Counter;
+use models_config::ValidRuleSet;
+use models_config::spec::{CircuitBreakerSpec, HealthCheckSpec, LbPolicy, Protocol};
 
 use crate::balance::Balancer;
-use crate::metrics::RouteMetrics;
+use crate::health::{self, ProbeSpawner};
+use crate::host::{ClusterPermit, ClusterState, EJECTED, Host, HostRegistry, UNHEALTHY};
+use crate::metrics::{self as router_metrics, RouteMetrics};
+use crate::outlier::OutlierPolicy;
 use crate::rng;
-use crate::upstream::Pool;
-
-/// A serving host of a cluster.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// `host:port` as configured.
-    pub address: Arc<str>,
-    /// The same, parsed once for request URIs and `Host` headers.
-    pub authority: Authority,
-    /// Relative weight (1 when not configured).
-    pub weight: u32,
-    /// Requests in flight on this endpoint, from pick until the response body ends (read by
-    /// least request and `GET /clusters`).
-    pub active: AtomicUsize,
-    /// Connections, shared with the previous table's endpoint of the same address.
-    pub pool: Arc<Pool>,
-}
+use crate::upstream::PendingLimit;
 
 /// A set of interchangeable endpoints and how to reach them.
 #[derive(Debug)]
@@ -45,13 +35,40 @@ pub struct Cluster {
     /// The configured policy, for display.
     pub lb_policy: LbPolicy,
     /// Endpoints in configuration order (the balancer's indices refer to this order).
-    pub endpoints: Box<[Arc<Endpoint>]>,
+    pub endpoints: Box<[Arc<Host>]>,
+    /// Each endpoint's relative weight, in the same order.
+    pub weights: Box<[u32]>,
     /// Picks an endpoint per request.
     pub balancer: Balancer,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
     /// Default time allowed until response headers.
     pub request_timeout: Duration,
+    /// The host flags that make an endpoint ineligible in this cluster: [`UNHEALTHY`] with
+    /// a health check, [`EJECTED`] with outlier detection; 0 when neither is configured, and
+    /// then no flag is ever read.
+    pub eligibility_mask: u8,
+    /// The active health check, when configured (its probers run per host).
+    pub health_check: Option<HealthCheckSpec>,
+    /// Passive outlier detection, when configured.
+    pub outlier: Option<OutlierPolicy>,
+    /// The circuit breaker, when configured.
+    pub breaker: Option<Breaker>,
+}
+
+/// A cluster's circuit breaker: its limits and the counts they apply to.
+#[derive(Debug)]
+pub struct Breaker {
+    /// The cluster's in-flight and pending counts (outlive tables).
+    pub state: Arc<ClusterState>,
+    /// Most requests in flight.
+    pub max_requests: usize,
+    /// Most requests waiting for a new connection.
+    pub max_pending: usize,
+    /// The configured block, for display.
+    pub spec: CircuitBreakerSpec,
+    refused_requests: Counter,
+    refused_pending: Counter,
 }
 
 /// One cluster a route can send to, with the metric handles of that (route, cluster) pair.
@@ -72,8 +89,9 @@ pub struct Route {
     pub targets: Box<[RouteTarget]>,
     /// Cumulative split weights, one per target (empty without a split).
     split_cumulative: Box<[u32]>,
-    /// Used when no endpoint of the chosen target can be reached.
-    pub fallback: Option<RouteTarget>,
+    /// Tried in order when the cluster before has no eligible endpoint, is overloaded, or
+    /// could not be connected to.
+    pub fallbacks: Box<[RouteTarget]>,
     /// Time allowed from forwarding until response headers.
     pub timeout: Duration,
 }
@@ -84,7 +102,7 @@ pub struct RouteTable {
     routes: HashMap<Box<[u8]>, Arc<Route>>,
     clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
     /// The rule set this table was built from.
-    pub rule_set: Arc<RuleSet>,
+    pub rule_set: ValidRuleSet,
     /// The rule set's version (assigned by the store; 0 for a hand-written file).
     pub version: u64,
     /// Local counter of tables applied by this process, starting at 1.
@@ -92,6 +110,76 @@ pub struct RouteTable {
     /// Hex SHA-256 of the rule set's canonical JSON.
     pub sha256: String,
 }
+
+/// What a host is probed with: the check, whether over h2c, and the cluster that asked.
+type Probed<'a> = (Arc<Host>, &'a HealthCheckSpec, bool, Arc<str>);
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Picks an endpoint for a request with `headers`, never `exclude` (an endpoint that
+    /// just failed to connect) and never one that is not eligible here. `None` when no
+    /// endpoint qualifies.
+    #[inline]
+    pub fn pick(&self, headers: &HeaderMap, exclude: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 1 && exclude.is_some() {
+            return None;
+        }
+        let i = self
+            .balancer
+            .pick(n, headers, exclude, |i| self.endpoints[i].active_requests());
+        if self.eligibility_mask == 0 {
+            return Some(i);
+        }
+        self.pick_eligible(i, exclude)
+    }
+
+    /// `first` when it is eligible, else the next eligible endpoint after it (in
+    /// configuration order, so hash policies stay deterministic for a key).
+    fn pick_eligible(&self, first: usize, exclude: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
+        let mask = self.eligibility_mask;
+        (0..n)
+            .map(|k| (first + k) % n)
+            .find(|&j| Some(j) != exclude && self.endpoints[j].eligible(mask))
+    }
+
+    /// Whether endpoint `i` may get new requests in this cluster.
+    pub fn is_eligible(&self, i: usize) -> bool {
+        self.endpoints[i].eligible(self.eligibility_mask)
+    }
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    /// Admits one more request in flight, or counts a refusal.
+    #[inline]
+    pub fn admit(&self) -> Option<ClusterPermit> {
+        let permit = ClusterPermit::try_acquire(&self.state, self.max_requests);
+        if permit.is_none() {
+            self.refused_requests.increment(1);
+        }
+        permit
+    }
+
+    /// The limit on requests waiting for a connection, for the upstream pool.
+    #[inline]
+    pub fn pending_limit(&self) -> PendingLimit<'_> {
+        PendingLimit {
+            count: &self.state.pending,
+            max: self.max_pending,
+        }
+    }
+
+    /// Counts a request refused because `max_pending` were already waiting.
+    pub fn refused_pending(&self) {
+        self.refused_pending.increment(1);
+    }
+}
+
+// === impl Route ===
 
 impl Route {
     /// The target for one request: the primary, or a weighted draw among the split.
@@ -109,79 +197,102 @@ impl Route {
     }
 }
 
+// === impl RouteTable ===
+
 impl RouteTable {
-    /// Builds a table from a rule set that passed validation, carrying over the connection
-    /// pools of `previous` for endpoints whose address is unchanged.
-    ///
-    /// Validation guarantees every reference resolves; an address that still fails to parse
-    /// as an authority is reported as an error and nothing is built.
+    /// Builds a table from a validated rule set. Endpoints come from `hosts` (so the state
+    /// of an address carries over from `previous`), and every endpoint of a cluster with a
+    /// health check gets a prober through `probes`; endpoints of `previous` that no cluster
+    /// checks any more stop being probed.
     pub fn build(
-        rule_set: Arc<RuleSet>,
+        rule_set: ValidRuleSet,
         previous: Option<&RouteTable>,
-        workers: usize,
+        hosts: &HostRegistry,
+        probes: &ProbeSpawner,
         generation: u64,
         sha256: String,
-    ) -> Result<Self, String> {
-        let mut old_pools: HashMap<&str, &Arc<Pool>> = HashMap::new();
-        if let Some(prev) = previous {
-            for cluster in prev.clusters.values() {
-                for ep in cluster.endpoints.iter() {
-                    old_pools.insert(&ep.address, &ep.pool);
-                }
-            }
-        }
+    ) -> Self {
         let mut clusters = BTreeMap::new();
+        // Address → its prober's settings: the first cluster (by name) decides.
+        let mut probed: HashMap<Arc<str>, Probed<'_>> = HashMap::new();
         for (name, spec) in rule_set.clusters.iter() {
-            let mut endpoints = Vec::with_capacity(spec.endpoints.len());
-            for ep in &spec.endpoints {
-                let address: Arc<str> = Arc::from(ep.address());
-                let authority: Authority = ep
-                    .address()
-                    .parse()
-                    .map_err(|e| format!("cluster {name:?}: endpoint {:?}: {e}", ep.address()))?;
-                let pool = match old_pools.get(ep.address()) {
-                    Some(pool) => Arc::clone(pool),
-                    None => Arc::new(Pool::new(Arc::clone(&address), workers)),
-                };
-                endpoints.push(Arc::new(Endpoint {
-                    address,
-                    authority,
-                    weight: ep.weight(),
-                    active: AtomicUsize::new(0),
-                    pool,
-                }));
-            }
-            let weights: Vec<(&str, u32)> = spec
+            let parsed = rule_set
+                .cluster(name)
+                .expect("a validated rule set has parsed forms of every cluster");
+            let name: Arc<str> = Arc::from(name.as_str());
+            let endpoints: Box<[Arc<Host>]> =
+                parsed.endpoints.iter().map(|e| hosts.host(e)).collect();
+            let weights: Box<[u32]> = parsed.endpoints.iter().map(|e| e.weight).collect();
+            let balance_input: Vec<(&str, u32)> = parsed
                 .endpoints
                 .iter()
-                .map(|e| (e.address(), e.weight()))
+                .map(|e| (&*e.address, e.weight))
                 .collect();
-            let hash_header = match &spec.hash_header {
-                Some(h) => Some(
-                    HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                        .map_err(|e| format!("cluster {name:?}: hash_header {h:?}: {e}"))?,
-                ),
-                None => None,
-            };
-            let name: Arc<str> = Arc::from(name.as_str());
+            if let Some(check) = &spec.health_check {
+                for host in endpoints.iter() {
+                    probed.entry(Arc::clone(&host.address)).or_insert_with(|| {
+                        (
+                            Arc::clone(host),
+                            check,
+                            spec.protocol == Protocol::Http2,
+                            Arc::clone(&name),
+                        )
+                    });
+                }
+            }
+            let mut mask = 0;
+            if spec.health_check.is_some() {
+                mask |= UNHEALTHY;
+            }
+            if spec.outlier_detection.is_some() {
+                mask |= EJECTED;
+            }
+            let breaker = spec.circuit_breaker.as_ref().map(|b| Breaker {
+                state: hosts.cluster(&name),
+                max_requests: b.max_requests as usize,
+                max_pending: b.max_pending as usize,
+                spec: b.clone(),
+                refused_requests: router_metrics::circuit_breaker_refused(&name, "max_requests"),
+                refused_pending: router_metrics::circuit_breaker_refused(&name, "max_pending"),
+            });
             clusters.insert(
                 Arc::clone(&name),
                 Arc::new(Cluster {
-                    name,
                     protocol: spec.protocol,
                     lb_policy: spec.lb_policy,
-                    balancer: Balancer::new(spec.lb_policy, &weights, hash_header),
-                    endpoints: endpoints.into_boxed_slice(),
+                    balancer: Balancer::new(
+                        spec.lb_policy,
+                        &balance_input,
+                        parsed.hash_header.clone(),
+                    ),
+                    endpoints,
+                    weights,
                     connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
                     request_timeout: Duration::from_millis(spec.request_timeout_ms),
+                    eligibility_mask: mask,
+                    health_check: spec.health_check.clone(),
+                    outlier: spec.outlier_detection.as_ref().map(OutlierPolicy::new),
+                    breaker,
+                    name,
                 }),
             );
         }
-        let cluster = |name: &str| -> Result<Arc<Cluster>, String> {
-            clusters
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("unknown cluster {name:?}"))
+        for (host, check, h2, cluster) in probed.values() {
+            probes.ensure(host, check, *h2, cluster);
+        }
+        if let Some(prev) = previous {
+            for host in prev.clusters.values().flat_map(|c| c.endpoints.iter()) {
+                if !probed.contains_key(&host.address) {
+                    health::stop(host);
+                }
+            }
+        }
+        let cluster = |name: &str| -> Arc<Cluster> {
+            Arc::clone(
+                clusters
+                    .get(name)
+                    .expect("validated: every cluster reference resolves"),
+            )
         };
         let mut routes = HashMap::with_capacity(rule_set.routes.len());
         for (key, spec) in rule_set.routes.iter() {
@@ -190,7 +301,7 @@ impl RouteTable {
                 metrics: RouteMetrics::new(Arc::clone(&key_arc), Arc::clone(&c.name)),
                 cluster: c,
             };
-            let primary = cluster(&spec.cluster)?;
+            let primary = cluster(&spec.cluster);
             let (targets, split_cumulative) = match &spec.split {
                 Some(split) if !split.is_empty() => {
                     let mut targets = Vec::with_capacity(split.len());
@@ -199,18 +310,18 @@ impl RouteTable {
                     for (name, weight) in split {
                         sum += *weight;
                         cumulative.push(sum);
-                        targets.push(target(cluster(name)?));
+                        targets.push(target(cluster(name)));
                     }
                     (targets, cumulative)
                 }
                 _ => (vec![target(Arc::clone(&primary))], Vec::new()),
             };
-            let fallback = spec
+            let fallbacks: Box<[RouteTarget]> = spec
                 .fallback
-                .as_deref()
-                .map(cluster)
-                .transpose()?
-                .map(target);
+                .iter()
+                .flat_map(|f| f.clusters())
+                .map(|name| target(cluster(name)))
+                .collect();
             let timeout = spec
                 .timeout_ms
                 .map(Duration::from_millis)
@@ -221,19 +332,19 @@ impl RouteTable {
                     key: Arc::clone(&key_arc),
                     targets: targets.into_boxed_slice(),
                     split_cumulative: split_cumulative.into_boxed_slice(),
-                    fallback,
+                    fallbacks,
                     timeout,
                 }),
             );
         }
-        Ok(RouteTable {
+        RouteTable {
             routes,
             clusters,
             version: rule_set.version,
             rule_set,
             generation,
             sha256,
-        })
+        }
     }
 
     /// The route of a routing key, by the raw header bytes (no UTF-8 check, no allocation).
@@ -257,19 +368,25 @@ impl RouteTable {
     }
 }
 
-impl Endpoint {
-    /// Requests in flight right now.
-    pub fn active_requests(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rules(json: &str) -> Arc<RuleSet> {
-        Arc::new(models_config::parse(json).expect("valid rule set"))
+    fn rules(json: &str) -> ValidRuleSet {
+        models_config::parse(json).expect("valid rule set")
+    }
+
+    fn build(json: &str, previous: Option<&RouteTable>, hosts: &HostRegistry) -> RouteTable {
+        let (probes, _receiver) = ProbeSpawner::new();
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        RouteTable::build(
+            rules(json),
+            previous,
+            hosts,
+            &probes,
+            generation,
+            String::new(),
+        )
     }
 
     const RULES: &str = r#"{
@@ -286,11 +403,12 @@ mod tests {
 
     #[test]
     fn lookup_by_header_bytes_finds_the_route() {
-        let t = RouteTable::build(rules(RULES), None, 2, 1, String::new()).unwrap();
+        let hosts = HostRegistry::new(2);
+        let t = build(RULES, None, &hosts);
         assert_eq!(t.len(), 3);
         let r = t.route(b"ka").unwrap();
         assert_eq!(&*r.targets[0].cluster.name, "a");
-        assert_eq!(&*r.fallback.as_ref().unwrap().cluster.name, "b");
+        assert_eq!(&*r.fallbacks[0].cluster.name, "b");
         assert!(t.route(b"nope").is_none());
         assert_eq!(t.route(b"kb").unwrap().timeout, Duration::from_millis(700));
         assert_eq!(t.route(b"ks").unwrap().timeout, Duration::from_millis(50));
@@ -298,7 +416,8 @@ mod tests {
 
     #[test]
     fn split_follows_weights() {
-        let t = RouteTable::build(rules(RULES), None, 1, 1, String::new()).unwrap();
+        let hosts = HostRegistry::new(1);
+        let t = build(RULES, None, &hosts);
         let r = t.route(b"ks").unwrap();
         let to_b = (0..20_000)
             .filter(|_| &*r.pick_target().cluster.name == "b")
@@ -307,12 +426,110 @@ mod tests {
     }
 
     #[test]
-    fn pools_survive_a_rebuild_for_unchanged_addresses() {
-        let first = RouteTable::build(rules(RULES), None, 1, 1, String::new()).unwrap();
-        let second = RouteTable::build(rules(RULES), Some(&first), 1, 2, String::new()).unwrap();
-        let pool = |t: &RouteTable| {
-            Arc::clone(&t.route(b"kb").unwrap().targets[0].cluster.endpoints[0].pool)
-        };
-        assert!(Arc::ptr_eq(&pool(&first), &pool(&second)));
+    fn endpoint_state_survives_a_rebuild_for_unchanged_addresses() {
+        let hosts = HostRegistry::new(1);
+        let first = build(RULES, None, &hosts);
+        let host =
+            |t: &RouteTable| Arc::clone(&t.route(b"kb").unwrap().targets[0].cluster.endpoints[0]);
+        let in_flight = crate::host::InFlight::start(&host(&first), None);
+        host(&first).set_flag(EJECTED);
+        let second = build(RULES, Some(&first), &hosts);
+        assert!(Arc::ptr_eq(&host(&first), &host(&second)));
+        assert_eq!(host(&second).active_requests(), 1);
+        assert!(host(&second).has_flag(EJECTED));
+        drop(in_flight);
+        drop(first);
+        drop(second);
+        hosts.prune();
+        assert_eq!(hosts.live_hosts(), 0, "nothing uses the addresses any more");
+    }
+
+    #[test]
+    fn fallback_chains_keep_their_order() {
+        let hosts = HostRegistry::new(1);
+        let t = build(
+            r#"{
+                "clusters": {
+                    "a": { "endpoints": ["127.0.0.1:1"] },
+                    "b": { "endpoints": ["127.0.0.1:2"] },
+                    "c": { "endpoints": ["127.0.0.1:3"] }
+                },
+                "routes": { "k": { "cluster": "a", "fallback": ["c", "b"] } }
+            }"#,
+            None,
+            &hosts,
+        );
+        let names: Vec<&str> = t
+            .route(b"k")
+            .unwrap()
+            .fallbacks
+            .iter()
+            .map(|f| &*f.cluster.name)
+            .collect();
+        assert_eq!(names, ["c", "b"]);
+    }
+
+    const CHECKED: &str = r#"{
+        "clusters": {
+            "a": { "endpoints": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
+                   "health_check": { "http_path": "/health" },
+                   "outlier_detection": {},
+                   "circuit_breaker": { "max_requests": 1 } },
+            "plain": { "endpoints": ["127.0.0.1:1"] }
+        },
+        "routes": { "k": { "cluster": "a" }, "p": { "cluster": "plain" } }
+    }"#;
+
+    #[test]
+    fn picks_skip_endpoints_that_are_not_eligible() {
+        let hosts = HostRegistry::new(1);
+        let t = build(CHECKED, None, &hosts);
+        let a = &t.route(b"k").unwrap().targets[0].cluster;
+        assert_eq!(a.eligibility_mask, UNHEALTHY | EJECTED);
+        a.endpoints[0].set_flag(UNHEALTHY);
+        a.endpoints[1].set_flag(EJECTED);
+        let headers = HeaderMap::new();
+        for _ in 0..20 {
+            assert_eq!(a.pick(&headers, None), Some(2));
+        }
+        assert_eq!(
+            a.pick(&headers, Some(2)),
+            None,
+            "the only eligible one failed"
+        );
+        // The same address in a cluster without checks ignores the flags.
+        let plain = &t.route(b"p").unwrap().targets[0].cluster;
+        assert_eq!(plain.eligibility_mask, 0);
+        assert_eq!(plain.pick(&headers, None), Some(0));
+        let breaker = a.breaker.as_ref().unwrap();
+        let held = breaker.admit().expect("the first request is admitted");
+        assert!(breaker.admit().is_none(), "max_requests 1");
+        drop(held);
+        assert!(breaker.admit().is_some());
+    }
+
+    #[test]
+    fn a_table_without_the_check_stops_probing() {
+        let hosts = HostRegistry::new(1);
+        let (probes, _receiver) = ProbeSpawner::new();
+        let first = RouteTable::build(rules(CHECKED), None, &hosts, &probes, 1, String::new());
+        let host = Arc::clone(&first.route(b"k").unwrap().targets[0].cluster.endpoints[0]);
+        assert!(health::is_probed(&host));
+        host.set_flag(UNHEALTHY);
+        let bare = CHECKED.replace(r#""health_check": { "http_path": "/health" },"#, "");
+        let second = RouteTable::build(
+            rules(&bare),
+            Some(&first),
+            &hosts,
+            &probes,
+            2,
+            String::new(),
+        );
+        assert!(!health::is_probed(&host));
+        assert!(
+            host.eligible(UNHEALTHY),
+            "an endpoint nobody checks is not held unhealthy"
+        );
+        drop(second);
     }
 }

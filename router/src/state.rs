@@ -5,17 +5,27 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
+use models_config::ValidRuleSet;
 use models_config::spec::RuleSet;
 use sha2::{Digest, Sha256};
 
+use crate::health::{ProbeReceiver, ProbeSpawner};
+use crate::host::HostRegistry;
 use crate::metrics;
 use crate::route::RouteTable;
+pub use crate::source::ConfigSource;
 
 /// What every part of the router reads: the current route table and fixed settings.
 #[derive(Debug)]
 pub struct Shared {
     /// The route table in use. Requests take a snapshot; the reloader swaps it whole.
     pub table: ArcSwap<RouteTable>,
+    /// The state of every endpoint address and cluster, shared by successive tables.
+    pub hosts: HostRegistry,
+    /// Starts the health-check probers of new endpoints.
+    probes: ProbeSpawner,
+    /// Where those probers wait until [`Shared::take_probers`] hands them to a runtime.
+    probe_receiver: Mutex<Option<ProbeReceiver>>,
     /// The header carrying the routing key.
     pub routing_header: HeaderName,
     /// Whether one access-log line is emitted per request (target `access`).
@@ -35,77 +45,24 @@ pub struct Shared {
     apply_lock: Mutex<()>,
 }
 
-/// Where the rule set in force came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConfigSource {
-    /// Nothing yet: an empty table, waiting for the control plane.
-    None = 0,
-    /// The `--config` file, or a rule set pushed with `PUT /config`.
-    File = 1,
-    /// The snapshot kept on disk by an earlier run, read at startup.
-    Snapshot = 2,
-    /// A snapshot received on the control-plane Watch stream.
-    ControlPlane = 3,
-}
-
-impl ConfigSource {
-    /// Every source, in label order.
-    pub const ALL: [ConfigSource; 4] = [
-        ConfigSource::None,
-        ConfigSource::File,
-        ConfigSource::Snapshot,
-        ConfigSource::ControlPlane,
-    ];
-
-    /// The label used in `/readyz` and the `router_config_source` metric.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfigSource::None => "none",
-            ConfigSource::File => "file",
-            ConfigSource::Snapshot => "snapshot",
-            ConfigSource::ControlPlane => "control_plane",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => ConfigSource::File,
-            2 => ConfigSource::Snapshot,
-            3 => ConfigSource::ControlPlane,
-            _ => ConfigSource::None,
-        }
-    }
-}
-
-/// Why a rule set was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// It failed validation; every problem is listed.
-    #[error("invalid rule set:\n{0}")]
-    Invalid(models_config::ValidationErrors),
-    /// It was valid but a table could not be built from it.
-    #[error("rule set cannot be applied: {0}")]
-    Build(String),
-}
-
 impl Shared {
-    /// Validates `rule_set` and builds the first table from it, which came from `source`.
-    ///
-    /// # Errors
-    ///
-    /// When validation or the table build fails.
+    /// Builds the first table from `rule_set`, which came from `source`.
     pub fn new(
-        rule_set: RuleSet,
+        rule_set: ValidRuleSet,
         source: ConfigSource,
         routing_header: HeaderName,
         access_log: bool,
         workers: usize,
-    ) -> Result<Self, ApplyError> {
-        let table = build(rule_set, None, workers, 1)?;
+    ) -> Self {
+        let hosts = HostRegistry::new(workers);
+        let (probes, probe_receiver) = ProbeSpawner::new();
+        let table = build(rule_set, None, &hosts, &probes, 1);
         metrics::record_table(table.version, table.generation, table.len());
         let shared = Shared {
             table: ArcSwap::from_pointee(table),
+            hosts,
+            probes,
+            probe_receiver: Mutex::new(Some(probe_receiver)),
             routing_header,
             access_log,
             workers,
@@ -116,27 +73,28 @@ impl Shared {
             apply_lock: Mutex::new(()),
         };
         metrics::record_source(source);
-        Ok(shared)
+        shared
     }
 
     /// An empty table (every key unknown) that is not ready until a rule set is applied:
     /// the start of a router following a control plane with no snapshot on disk.
-    ///
-    /// # Errors
-    ///
-    /// Never in practice (an empty rule set is valid); kept for symmetry with [`Shared::new`].
-    pub fn unconfigured(
-        routing_header: HeaderName,
-        access_log: bool,
-        workers: usize,
-    ) -> Result<Self, ApplyError> {
+    pub fn unconfigured(routing_header: HeaderName, access_log: bool, workers: usize) -> Self {
+        let empty = ValidRuleSet::new(RuleSet::default()).expect("an empty rule set is valid");
         Self::new(
-            RuleSet::default(),
+            empty,
             ConfigSource::None,
             routing_header,
             access_log,
             workers,
         )
+    }
+
+    /// The receiver of the health-check probers, taken once by the runtime that runs them.
+    pub fn take_probers(&self) -> Option<ProbeReceiver> {
+        self.probe_receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Whether a rule set is in force (false only before the first one in control-plane
@@ -168,26 +126,25 @@ impl Shared {
         metrics::record_control_plane_connected(connected);
     }
 
-    /// Validates `rule_set`, builds a table from it and swaps it in atomically, recording
-    /// `source` as where it came from. Requests in flight finish on the table they started
-    /// with. On error the current table and source stay.
-    ///
-    /// # Errors
-    ///
-    /// When validation or the table build fails.
-    pub fn apply(
-        &self,
-        rule_set: RuleSet,
-        source: ConfigSource,
-    ) -> Result<Arc<RouteTable>, ApplyError> {
+    /// Builds a table from `rule_set` (validated once, when it was parsed) and swaps it in
+    /// atomically, recording `source` as where it came from. Requests in flight finish on
+    /// the table they started with; endpoint state carries over by address.
+    pub fn apply(&self, rule_set: ValidRuleSet, source: ConfigSource) -> Arc<RouteTable> {
         let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.table.load_full();
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let result = build(rule_set, Some(&current), self.workers, generation);
-        metrics::record_reload(result.is_ok());
-        let table = Arc::new(result?);
+        let table = Arc::new(build(
+            rule_set,
+            Some(&current),
+            &self.hosts,
+            &self.probes,
+            generation,
+        ));
+        metrics::record_reload(true);
         self.generation.store(generation, Ordering::Relaxed);
         self.table.store(Arc::clone(&table));
+        drop(current);
+        self.hosts.prune();
         self.set_source(source);
         metrics::record_table(table.version, table.generation, table.len());
         tracing::info!(
@@ -196,24 +153,23 @@ impl Shared {
             routes = table.len(),
             "route table applied"
         );
-        Ok(table)
+        table
     }
 }
 
 fn build(
-    rule_set: RuleSet,
+    rule_set: ValidRuleSet,
     previous: Option<&RouteTable>,
-    workers: usize,
+    hosts: &HostRegistry,
+    probes: &ProbeSpawner,
     generation: u64,
-) -> Result<RouteTable, ApplyError> {
-    let warnings = models_config::validate(&rule_set).map_err(ApplyError::Invalid)?;
-    for w in &warnings {
+) -> RouteTable {
+    for w in rule_set.warnings() {
         tracing::warn!(path = %w.path, "{}", w.message);
     }
-    let canonical = serde_json::to_vec(&rule_set).map_err(|e| ApplyError::Build(e.to_string()))?;
+    let canonical = serde_json::to_vec(rule_set.rules()).expect("a rule set serializes to JSON");
     let sha256 = hex(&Sha256::digest(&canonical));
-    RouteTable::build(Arc::new(rule_set), previous, workers, generation, sha256)
-        .map_err(ApplyError::Build)
+    RouteTable::build(rule_set, previous, hosts, probes, generation, sha256)
 }
 
 fn hex(bytes: &[u8]) -> String {

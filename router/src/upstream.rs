@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -41,6 +42,51 @@ pub enum SendError {
     Connect(io::Error, Box<Request<RequestBody>>),
     /// The exchange failed after the request was handed to a connection.
     Exchange(hyper::Error),
+    /// A new connection was needed, but the circuit breaker's `max_pending` requests are
+    /// already waiting for one: nothing was sent, and the request comes back.
+    Overloaded(Box<Request<RequestBody>>),
+}
+
+/// A circuit breaker's limit on the requests of a cluster waiting for a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingLimit<'a> {
+    /// Requests waiting right now (shared by every worker).
+    pub count: &'a AtomicUsize,
+    /// Most requests allowed to wait.
+    pub max: usize,
+}
+
+/// One request counted as waiting for a connection until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> PendingLimit<'a> {
+    fn enter(self) -> Option<Waiting<'a>> {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Waiting(self.count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts `req` as waiting under `limit` (when there is one), or gives it back.
+fn wait_for_connection<'a>(
+    limit: Option<PendingLimit<'a>>,
+    req: Request<RequestBody>,
+) -> Result<(Option<Waiting<'a>>, Request<RequestBody>), SendError> {
+    match limit {
+        None => Ok((None, req)),
+        Some(limit) => match limit.enter() {
+            Some(waiting) => Ok((Some(waiting), req)),
+            None => Err(SendError::Overloaded(Box::new(req))),
+        },
+    }
 }
 
 /// The connections of one endpoint, one slot per worker.
@@ -58,9 +104,9 @@ struct Slot {
 }
 
 impl Pool {
-    /// An empty pool for `address` (`host:port`) with one slot per worker.
-    pub fn new(address: std::sync::Arc<str>, workers: usize) -> Self {
-        let socket = address.parse().ok();
+    /// An empty pool for `address` (`host:port`; `socket` when the host is an IP address)
+    /// with one slot per worker.
+    pub fn new(address: std::sync::Arc<str>, socket: Option<SocketAddr>, workers: usize) -> Self {
         let slots = (0..workers.max(1)).map(|_| Mutex::default()).collect();
         Pool {
             address,
@@ -72,6 +118,11 @@ impl Pool {
     /// The address this pool connects to.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The socket address, when the host is an IP address.
+    pub fn socket(&self) -> Option<SocketAddr> {
+        self.socket
     }
 
     /// Number of open connections across workers (HTTP/1.1 ones plus h2 ones).
@@ -92,11 +143,12 @@ impl Pool {
     }
 
     /// Sends `req` over HTTP/1.1 (origin-form URI, `Host` set), reusing an idle connection
-    /// when there is one.
+    /// when there is one; a new one is opened only within `pending`'s limit.
     pub async fn send_http1(
         &self,
         req: Request<RequestBody>,
         connect_timeout: Duration,
+        pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
         let req = match self.checkout_h1() {
             Some(mut conn) => match conn.try_send_request(req).await {
@@ -113,14 +165,16 @@ impl Pool {
             None => req,
         };
         // The cold path is boxed so that the future of every pooled request stays small.
-        Box::pin(self.open_http1(req, connect_timeout)).await
+        Box::pin(self.open_http1(req, connect_timeout, pending)).await
     }
 
     async fn open_http1(
         &self,
         req: Request<RequestBody>,
         connect_timeout: Duration,
+        pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
+        let (waiting, req) = wait_for_connection(pending, req)?;
         let io = match self.connect(connect_timeout).await {
             Ok(io) => io,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
@@ -129,6 +183,7 @@ impl Pool {
             Ok(pair) => pair,
             Err(e) => return Err(SendError::Exchange(e)),
         };
+        drop(waiting);
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(error = %e, "upstream http1 connection ended");
@@ -141,11 +196,13 @@ impl Pool {
         result.map_err(first_send_failed)
     }
 
-    /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection.
+    /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection; a new
+    /// one is opened only within `pending`'s limit.
     pub async fn send_http2(
         &self,
         req: Request<RequestBody>,
         connect_timeout: Duration,
+        pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
         let existing = {
             let slot = self.slot().lock().unwrap_or_else(|e| e.into_inner());
@@ -161,14 +218,16 @@ impl Pool {
             },
             None => req,
         };
-        Box::pin(self.open_http2(req, connect_timeout)).await
+        Box::pin(self.open_http2(req, connect_timeout, pending)).await
     }
 
     async fn open_http2(
         &self,
         req: Request<RequestBody>,
         connect_timeout: Duration,
+        pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
+        let (waiting, req) = wait_for_connection(pending, req)?;
         let io = match self.connect(connect_timeout).await {
             Ok(io) => io,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
@@ -183,6 +242,7 @@ impl Pool {
             Ok(pair) => pair,
             Err(e) => return Err(SendError::Exchange(e)),
         };
+        drop(waiting);
         tokio::spawn(async move {
             if let Err(e) = driver.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended");

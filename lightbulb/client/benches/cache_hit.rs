@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let client = runtime.block_on(async {
         let rules = models_config::parse(RULES).expect("bench rule set");
-        let engine = Engine::new(&rules).expect("bench rule set compiles");
+        let engine = Engine::new(&rules);
         let service = ResolverService::new(Arc::new(ArcSwap::from_pointee(engine)));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let uri = format!("http://{}", listener.local_addr().expect("local addr"));

@@ -61,7 +61,7 @@ impl Lightbulb {
     /// Binds before spawning, so the port accepts connections when this returns.
     async fn start() -> anyhow::Result<Self> {
         let rules = models_config::parse(RULES).context("test rule set")?;
-        let engine = Engine::new(&rules).map_err(|e| anyhow::anyhow!("engine: {e:?}"))?;
+        let engine = Engine::new(&rules);
         let service = ResolverService::new(Arc::new(ArcSwap::from_pointee(engine)));
         let rpcs = Arc::new(AtomicUsize::new(0));
         let counter = rpcs.clone();

@@ -34,7 +34,7 @@ const RULES: &str = r#"{
 }"#;
 
 fn engine(json: &str) -> Engine {
-    Engine::new(&models_config::parse(json).expect("valid")).expect("compiles")
+    Engine::new(&models_config::parse(json).expect("valid"))
 }
 
 /// A running server on `127.0.0.1:0` and a client connected to it.
@@ -254,10 +254,10 @@ fn request_conversion_treats_empty_and_unspecified_as_absent() {
     );
 }
 
-fn rule_set(version: u64) -> Arc<RuleSet> {
-    let mut rules = models_config::parse(RULES).expect("valid");
-    rules.version = version;
-    Arc::new(rules)
+fn rule_set(version: u64) -> models_config::ValidRuleSet {
+    models_config::parse(RULES)
+        .expect("valid")
+        .with_version(version)
 }
 
 #[test]

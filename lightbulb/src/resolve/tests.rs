@@ -40,7 +40,7 @@ fn engine(rules: &str) -> Engine {
     }}"#
     );
     let rules = models_config::parse(&json).expect("test rule set is valid");
-    Engine::new(&rules).expect("test rule set compiles")
+    Engine::new(&rules)
 }
 
 fn ctx(objective: &str) -> RequestContext {
@@ -504,7 +504,7 @@ fn errors_for_missing_and_unknown_objectives() {
 
 #[test]
 fn invalid_rule_set_is_rejected_with_every_issue() {
-    let mut rules = models_config::parse(
+    let rules = models_config::parse(
         r#"{
         "clusters": { "c": { "endpoints": ["127.0.0.1:19001"] } },
         "routes": { "r": { "cluster": "c" } },
@@ -513,10 +513,10 @@ fn invalid_rule_set_is_rejected_with_every_issue() {
     }"#,
     )
     .unwrap();
-    assert!(Engine::new(&rules).is_ok());
+    let mut rules = rules.into_rules();
     rules.objectives.get_mut("O").unwrap().default = "missing".to_owned();
     rules.models.get_mut("m").unwrap().routing_key = "missing".to_owned();
-    let errors = Engine::new(&rules).unwrap_err();
+    let errors = models_config::ValidRuleSet::new(rules).unwrap_err();
     assert_eq!(errors.0.len(), 2, "{errors:?}");
 }
 
@@ -524,7 +524,7 @@ fn invalid_rule_set_is_rejected_with_every_issue() {
 fn resolves_the_full_example() {
     let rules = models_config::parse(include_str!("../../../models-config/examples/full.json"))
         .expect("the example is valid");
-    let engine = Engine::new(&rules).unwrap();
+    let engine = Engine::new(&rules);
     assert_eq!(engine.version(), 42);
 
     let mut synthetic = ctx("ContinueWatchingRanking");

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::ConfigError;
-use crate::spec::{EndpointSpec, LbPolicy, ModelSpec, ShadowSpec, WeightedEndpointSpec};
+use crate::spec::{
+    EndpointSpec, FallbackSpec, LbPolicy, ModelSpec, RouteSpec, ShadowSpec, WeightedEndpointSpec,
+};
 
 /// DESIGN §10's rule set: valid, with two clusters, routes and models, one experiment and one
 /// objective (`ContinueWatchingRanking`, rules[0] on the experiment, rules[1] a split).
@@ -109,7 +111,7 @@ fn rule_with(when: MatchSpec, model: &str) -> RuleSpec {
 #[test]
 fn design_example_is_valid_without_warnings() {
     assert_eq!(warnings(&base()), Vec::<String>::new());
-    assert_eq!(crate::parse(MINIMAL).expect("valid"), base());
+    assert_eq!(*crate::parse(MINIMAL).expect("valid"), base());
 }
 
 // === names ===
@@ -404,7 +406,7 @@ fn route_to_unknown_cluster_is_rejected() {
 #[test]
 fn route_fallback_to_unknown_cluster_is_rejected() {
     let mut rules = base();
-    route(&mut rules, "ranker-v2").fallback = Some("ranker-v9".to_owned());
+    route(&mut rules, "ranker-v2").fallback = Some(FallbackSpec::One("ranker-v9".to_owned()));
     assert_errors(
         &rules,
         &[r#"$.routes["ranker-v2"].fallback: unknown cluster "ranker-v9""#],
@@ -414,7 +416,7 @@ fn route_fallback_to_unknown_cluster_is_rejected() {
 #[test]
 fn route_fallback_must_differ_from_its_cluster() {
     let mut rules = base();
-    route(&mut rules, "ranker-v2").fallback = Some("ranker-v2".to_owned());
+    route(&mut rules, "ranker-v2").fallback = Some(FallbackSpec::One("ranker-v2".to_owned()));
     assert_errors(
         &rules,
         &[r#"$.routes["ranker-v2"].fallback: fallback "ranker-v2" is the primary cluster itself"#],
@@ -878,7 +880,7 @@ fn every_problem_is_reported_not_just_the_first() {
     let mut rules = base();
     cluster(&mut rules, "ranker-v1").endpoints = endpoints(&["127.0.0.1:9001", "127.0.0.1:0"]);
     cluster(&mut rules, "ranker-v2").lb_policy = LbPolicy::Maglev;
-    route(&mut rules, "ranker-v2").fallback = Some("ranker-v9".to_owned());
+    route(&mut rules, "ranker-v2").fallback = Some(FallbackSpec::One("ranker-v9".to_owned()));
     rules
         .models
         .get_mut("ranker-v1")
@@ -1056,7 +1058,7 @@ fn unreadable_file_is_an_io_error_naming_the_file() {
 #[test]
 fn defaults_are_filled_in_and_empty_rule_set_is_valid() {
     let rules = crate::parse("{}").expect("an empty rule set is valid");
-    assert_eq!(rules, RuleSet::default());
+    assert_eq!(*rules, RuleSet::default());
 
     let rules = crate::parse_slice(MINIMAL.as_bytes()).expect("valid");
     let c = &rules.clusters["ranker-v1"];
@@ -1065,4 +1067,180 @@ fn defaults_are_filled_in_and_empty_rule_set_is_valid() {
     assert_eq!(c.request_timeout_ms, 30_000);
     assert_eq!(c.endpoints[0].weight(), 1);
     assert_eq!(rules.objectives[OBJECTIVE].cache_ttl_ms, 60_000);
+}
+
+// === resilience blocks (DESIGN §11) ===
+
+/// The minimal rule set with `json` merged into cluster `ranker-v1`.
+fn with_cluster_fields(json: serde_json::Value) -> RuleSet {
+    let mut value: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+    let cluster = value["clusters"]["ranker-v1"].as_object_mut().unwrap();
+    for (k, v) in json.as_object().unwrap() {
+        cluster.insert(k.clone(), v.clone());
+    }
+    serde_json::from_value(value).expect("the spec deserializes")
+}
+
+#[test]
+fn resilience_blocks_with_defaults_are_valid() {
+    let rules = with_cluster_fields(serde_json::json!({
+        "health_check": { "http_path": "/v2/health/ready" },
+        "outlier_detection": {},
+        "circuit_breaker": {}
+    }));
+    assert!(validate(&rules).is_ok());
+    let cluster = &rules.clusters["ranker-v1"];
+    let check = cluster.health_check.as_ref().unwrap();
+    assert_eq!(
+        (
+            check.interval_ms,
+            check.timeout_ms(),
+            check.unhealthy_threshold
+        ),
+        (1000, 500, 2)
+    );
+    let outlier = cluster.outlier_detection.as_ref().unwrap();
+    assert_eq!(
+        (outlier.consecutive_5xx, outlier.max_ejection_ms()),
+        (5, 300_000)
+    );
+    assert_eq!(cluster.circuit_breaker.as_ref().unwrap().max_pending, 1024);
+}
+
+#[test]
+fn health_check_limits_are_checked() {
+    let rules = with_cluster_fields(serde_json::json!({
+        "health_check": {
+            "http_path": "v2/health", "interval_ms": 100, "timeout_ms": 100,
+            "unhealthy_threshold": 0, "healthy_threshold": 101, "expected_statuses": [200, 700, 200]
+        }
+    }));
+    let p = r#"$.clusters["ranker-v1"].health_check"#;
+    assert_errors(
+        &rules,
+        &[
+            &format!(r#"{p}.http_path: http_path "v2/health" must start with '/'"#),
+            &format!("{p}.expected_statuses[1]: status 700 is out of range 100..=599"),
+            &format!("{p}.expected_statuses[2]: duplicate status 200"),
+            &format!("{p}.timeout_ms: timeout_ms 100 must be less than interval_ms 100"),
+            &format!("{p}.unhealthy_threshold: unhealthy_threshold 0 is out of range 1..=100"),
+            &format!("{p}.healthy_threshold: healthy_threshold 101 is out of range 1..=100"),
+        ],
+    );
+}
+
+#[test]
+fn health_check_needs_exactly_one_kind() {
+    let both = with_cluster_fields(serde_json::json!({
+        "health_check": { "http_path": "/", "grpc_service": "" }
+    }));
+    assert_errors(
+        &both,
+        &[
+            r#"$.clusters["ranker-v1"].health_check: health_check has both http_path and grpc_service, expected exactly one"#,
+        ],
+    );
+    let neither = with_cluster_fields(serde_json::json!({ "health_check": { "interval_ms": 50 } }));
+    assert_errors(
+        &neither,
+        &[
+            r#"$.clusters["ranker-v1"].health_check: health_check has neither http_path nor grpc_service, expected exactly one"#,
+        ],
+    );
+    let grpc = with_cluster_fields(serde_json::json!({
+        "health_check": { "grpc_service": "", "expected_statuses": [200] }
+    }));
+    assert_errors(
+        &grpc,
+        &[
+            r#"$.clusters["ranker-v1"].health_check.expected_statuses: expected_statuses applies to http_path checks only"#,
+        ],
+    );
+}
+
+#[test]
+fn outlier_detection_and_circuit_breaker_limits_are_checked() {
+    let rules = with_cluster_fields(serde_json::json!({
+        "outlier_detection": {
+            "consecutive_5xx": 0, "base_ejection_ms": 1000, "max_ejection_ms": 10,
+            "max_ejection_percent": 101
+        },
+        "circuit_breaker": { "max_requests": 0 }
+    }));
+    let p = r#"$.clusters["ranker-v1"]"#;
+    assert_errors(
+        &rules,
+        &[
+            &format!(
+                "{p}.outlier_detection.consecutive_5xx: consecutive_5xx 0 is out of range 1..=10000"
+            ),
+            &format!(
+                "{p}.outlier_detection.max_ejection_ms: max_ejection_ms 10 is less than base_ejection_ms 1000"
+            ),
+            &format!(
+                "{p}.outlier_detection.max_ejection_percent: max_ejection_percent 101 is out of range 0..=100"
+            ),
+            &format!(
+                "{p}.circuit_breaker.max_requests: max_requests 0 is out of range 1..=1000000"
+            ),
+        ],
+    );
+}
+
+#[test]
+fn clusters_sharing_an_endpoint_must_check_it_the_same_way() {
+    let mut value: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+    value["clusters"]["ranker-v1"]["health_check"] = serde_json::json!({ "http_path": "/a" });
+    value["clusters"]["ranker-v2"] = serde_json::json!({
+        "endpoints": ["127.0.0.1:9001"], "health_check": { "http_path": "/b" }
+    });
+    let rules: RuleSet = serde_json::from_value(value).unwrap();
+    let errors = errors(&rules);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(r#"$.clusters["ranker-v2"].health_check: endpoint "127.0.0.1:9001" is also in cluster "ranker-v1" with a different health_check"#),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn fallback_chains_resolve_and_never_loop() {
+    let mut rules = base();
+    route(&mut rules, "ranker-v2").fallback = Some(FallbackSpec::Chain(vec![
+        "ranker-v1".to_owned(),
+        "ranker-v9".to_owned(),
+        "ranker-v2".to_owned(),
+        "ranker-v1".to_owned(),
+    ]));
+    let p = r#"$.routes["ranker-v2"].fallback"#;
+    assert_errors(
+        &rules,
+        &[
+            &format!(r#"{p}[1]: unknown cluster "ranker-v9""#),
+            &format!(r#"{p}[2]: fallback "ranker-v2" is the primary cluster itself"#),
+            &format!(
+                r#"{p}[3]: fallback "ranker-v1" comes twice in the chain (first at fallback[0])"#
+            ),
+        ],
+    );
+    route(&mut rules, "ranker-v2").fallback = Some(FallbackSpec::Chain(Vec::new()));
+    assert_errors(
+        &rules,
+        &[&format!(
+            "{p}: fallback list is empty, leave it out or name at least one cluster"
+        )],
+    );
+}
+
+#[test]
+fn fallback_reads_a_name_or_a_list() {
+    let one: RouteSpec = serde_json::from_str(r#"{"cluster":"a","fallback":"b"}"#).unwrap();
+    assert_eq!(one.fallback.as_ref().unwrap().clusters(), ["b"]);
+    let chain: RouteSpec = serde_json::from_str(r#"{"cluster":"a","fallback":["b","c"]}"#).unwrap();
+    assert_eq!(chain.fallback.as_ref().unwrap().clusters(), ["b", "c"]);
+    assert_eq!(
+        serde_json::to_string(&chain).unwrap(),
+        r#"{"cluster":"a","fallback":["b","c"]}"#
+    );
+    assert!(serde_json::from_str::<RouteSpec>(r#"{"cluster":"a","fallback":3}"#).is_err());
 }
