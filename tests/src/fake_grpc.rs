@@ -6,6 +6,12 @@
 //! - `Count { n, fail_after }` streams `0..n`; with `fail_after > 0` it stops after that many
 //!   replies with `ABORTED` / `"stopped"` and trailing metadata `x-trailer: kept`, so a status
 //!   in real trailers (after data frames) can be checked end to end.
+//!
+//! It also serves `grpc.health.v1.Health` (the `tonic-health` protocol): `Check` and `Watch`
+//! of the whole server (`""`) or of `echo.v1.Echo` answer `SERVING` until the test calls
+//! [`GrpcListening::set_serving`]`(false)`, then `NOT_SERVING`; other service names are
+//! `NOT_FOUND`. Health calls are counted apart ([`GrpcListening::health_probes`]), never in
+//! [`GrpcListening::requests`].
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,9 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::server::NamedService as _;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// The code generated from `tests/proto/echo.proto`.
 #[allow(
@@ -43,6 +53,7 @@ pub struct GrpcListening {
     /// The bound address (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    health: Arc<HealthState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
@@ -51,6 +62,21 @@ pub struct GrpcListening {
 struct EchoService {
     name: String,
     requests: Arc<AtomicUsize>,
+}
+
+/// The serving status shared by the health service and the test.
+#[derive(Debug)]
+struct HealthState {
+    /// `true`: SERVING. A watch channel so `Watch` streams see every change.
+    serving: watch::Sender<bool>,
+    /// Health calls (`Check` and `Watch`) received so far.
+    probes: AtomicUsize,
+}
+
+/// `grpc.health.v1.Health` answering from a [`HealthState`].
+#[derive(Debug)]
+struct HealthService {
+    state: Arc<HealthState>,
 }
 
 // === impl FakeGrpc ===
@@ -90,11 +116,19 @@ impl FakeGrpc {
             name: self.name,
             requests: requests.clone(),
         };
+        let health = Arc::new(HealthState {
+            serving: watch::Sender::new(true),
+            probes: AtomicUsize::new(0),
+        });
+        let health_service = HealthService {
+            state: health.clone(),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(EchoServer::new(service))
+                .add_service(HealthServer::new(health_service))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 }),
@@ -102,6 +136,7 @@ impl FakeGrpc {
         GrpcListening {
             addr,
             requests,
+            health,
             stop: Some(stop),
             task: Some(task),
         }
@@ -116,9 +151,21 @@ impl GrpcListening {
         self.addr.to_string()
     }
 
-    /// RPCs received so far.
+    /// `echo.v1.Echo` RPCs received so far (health calls excluded).
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Sets what `grpc.health.v1.Health` reports for the whole server (`""`) and for
+    /// `echo.v1.Echo` from now on: `SERVING` when `serving`, else `NOT_SERVING` (default
+    /// `SERVING`). Open `Watch` streams get the change.
+    pub fn set_serving(&self, serving: bool) {
+        self.health.serving.send_replace(serving);
+    }
+
+    /// `grpc.health.v1.Health` calls (`Check` and `Watch`) received so far.
+    pub fn health_probes(&self) -> usize {
+        self.health.probes.load(Ordering::SeqCst)
     }
 }
 
@@ -174,5 +221,66 @@ impl Echo for EchoService {
             (0..n).map(|i| Ok(CountReply { i })).collect()
         };
         Ok(Response::new(Box::pin(futures_util::stream::iter(replies))))
+    }
+}
+
+// === impl HealthService ===
+
+type WatchStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+impl HealthService {
+    /// Counts a call and checks its service name: `""` (the whole server) or the echo
+    /// service.
+    fn accept(&self, request: &Request<HealthCheckRequest>) -> Result<(), Status> {
+        self.state.probes.fetch_add(1, Ordering::SeqCst);
+        let service = request.get_ref().service.as_str();
+        if service.is_empty() || service == EchoServer::<EchoService>::NAME {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "service {service:?} not registered"
+            )))
+        }
+    }
+}
+
+fn health_response(serving: bool) -> HealthCheckResponse {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        self.accept(&request)?;
+        Ok(Response::new(health_response(*self.state.serving.borrow())))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.accept(&request)?;
+        let mut rx = self.state.serving.subscribe();
+        rx.mark_changed();
+        // The current status first, then one message per change; ends when the server stops.
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.changed().await.ok()?;
+            let serving = *rx.borrow_and_update();
+            Some((Ok(health_response(serving)), rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

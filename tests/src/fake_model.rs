@@ -14,18 +14,29 @@
 //! | `/hang` | never answers (until the server stops) |
 //! | `/close` | 200, body = the server's name, with `connection: close` (HTTP/1.1 closes after it) |
 //! | `/status/{code}` | that status, body = the server's name |
+//! | `/v2/health/ready`, `/healthz` | the health probe: the status set by [`Listening::set_health`] (default 200), body = the server's name |
 //! | anything else | 200, body = the server's name |
 //!
-//! Every response carries `x-fake-model: NAME`. The server counts requests and connections and
-//! keeps the last request's head for assertions. A panic in a handler is recorded and
-//! re-raised by [`Listening::join`]. Dropping the [`Listening`] stops the server and aborts its
-//! connections.
+//! Two switches change the answers at run time, from the test:
+//!
+//! - [`Listening::set_health`] sets the status of the health paths (any method). Health probes
+//!   are counted apart ([`Listening::health_probes`], [`Listening::health_probes_answered`]):
+//!   they never count in [`Listening::requests`] nor replace [`Listening::last_request`], so a
+//!   router probing the fake does not disturb tests counting the traffic it serves.
+//! - [`Listening::fail_with`]`(Some(status))` answers every other request with `status`, body
+//!   = the server's name, whatever its path (`/hang` and `/sse` included); `None` restores the
+//!   table above. Those requests are still counted and recorded.
+//!
+//! Every response carries `x-fake-model: NAME`. The server counts requests and connections
+//! (probe connections included) and keeps the last request's head for assertions. A panic in
+//! a handler is recorded and re-raised by [`Listening::join`]. Dropping the [`Listening`] stops
+//! the server and aborts its connections.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -49,6 +60,9 @@ type Body = BoxBody<Bytes, BoxError>;
 
 /// The response header naming the fake that answered.
 pub const SERVER_HEADER: &str = "x-fake-model";
+
+/// The paths answered as health probes (see [`Listening::set_health`]).
+pub const HEALTH_PATHS: [&str; 2] = ["/v2/health/ready", "/healthz"];
 
 /// Builder of a fake model server.
 #[derive(Debug, Clone)]
@@ -92,6 +106,19 @@ struct State {
     sse_gate: Semaphore,
     /// The first handler panic, re-raised by `join`.
     panic: Mutex<Option<String>>,
+    /// What the health paths answer, and the probes answered so far.
+    health: Mutex<Health>,
+    /// The status every other request is answered with; 0: none (normal behaviour).
+    fail_with: AtomicU16,
+}
+
+/// The health-probe state: the status answered and the probes counted, changed together
+/// under one lock so a count by status is exact.
+#[derive(Debug)]
+struct Health {
+    status: StatusCode,
+    probes: usize,
+    answered: BTreeMap<u16, usize>,
 }
 
 // === impl FakeModel ===
@@ -136,6 +163,12 @@ impl FakeModel {
             last: Mutex::new(None),
             sse_gate: Semaphore::new(0),
             panic: Mutex::new(None),
+            health: Mutex::new(Health {
+                status: StatusCode::OK,
+                probes: 0,
+                answered: BTreeMap::new(),
+            }),
+            fail_with: AtomicU16::new(0),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
@@ -161,7 +194,7 @@ impl Listening {
         self.addr.to_string()
     }
 
-    /// Requests received so far (counted when the head arrives).
+    /// Requests received so far (counted when the head arrives), health probes excluded.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }
@@ -189,6 +222,51 @@ impl Listening {
     /// Allows `chunks` more SSE chunks to be produced, across all open SSE streams.
     pub fn release_sse(&self, chunks: usize) {
         self.state.sse_gate.add_permits(chunks);
+    }
+
+    /// Sets the status answered on the health paths ([`HEALTH_PATHS`]) from now on
+    /// (default 200).
+    ///
+    /// # Panics
+    ///
+    /// When `status` is not a valid HTTP status (100 to 999).
+    pub fn set_health(&self, status: u16) {
+        let status = StatusCode::from_u16(status)
+            .unwrap_or_else(|_| panic!("fake model: {status} is not an HTTP status"));
+        lock(&self.state.health).status = status;
+    }
+
+    /// Health probes answered so far (requests to [`HEALTH_PATHS`]); they are not counted in
+    /// [`Listening::requests`].
+    pub fn health_probes(&self) -> usize {
+        lock(&self.state.health).probes
+    }
+
+    /// Health probes answered with `status` so far.
+    pub fn health_probes_answered(&self, status: u16) -> usize {
+        lock(&self.state.health)
+            .answered
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// With `Some(status)`, answers every request except health probes with `status` (body =
+    /// the server's name) from now on; `None` restores the normal behaviour.
+    ///
+    /// # Panics
+    ///
+    /// When `status` is not a valid HTTP status (100 to 999).
+    pub fn fail_with(&self, status: Option<u16>) {
+        let code = match status {
+            Some(s) => {
+                StatusCode::from_u16(s)
+                    .unwrap_or_else(|_| panic!("fake model: {s} is not an HTTP status"));
+                s
+            }
+            None => 0,
+        };
+        self.state.fail_with.store(code, Ordering::SeqCst);
     }
 
     /// Stops the server and re-raises the first panic of a handler, if any.
@@ -287,6 +365,23 @@ async fn handle(
     req: Request<Incoming>,
     shutdown: watch::Receiver<bool>,
 ) -> Response<Body> {
+    let mut resp = answer(&state, req, shutdown).await;
+    resp.headers_mut().insert(
+        SERVER_HEADER,
+        HeaderValue::from_str(&state.name).expect("fake model names are valid header values"),
+    );
+    resp
+}
+
+/// The answer to one request, before the `x-fake-model` header is added.
+async fn answer(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    shutdown: watch::Receiver<bool>,
+) -> Response<Body> {
+    if HEALTH_PATHS.contains(&req.uri().path()) {
+        return health(state);
+    }
     state.requests.fetch_add(1, Ordering::SeqCst);
     let seen = SeenRequest {
         method: req.method().clone(),
@@ -296,15 +391,23 @@ async fn handle(
     };
     *lock(&state.last) = Some(seen.clone());
 
+    let failing = state.fail_with.load(Ordering::SeqCst);
+    if failing != 0 {
+        let mut resp = text(state.name.clone());
+        *resp.status_mut() =
+            StatusCode::from_u16(failing).expect("fail_with stores valid statuses");
+        return resp;
+    }
+
     let query = parse_query(req.uri().query());
     let path = req.uri().path().to_owned();
-    let mut resp = match path.as_str() {
+    match path.as_str() {
         "/echo" => echo(req),
-        "/headers" => headers_json(&state, &seen),
-        "/sha256" => sha256(&state, req).await,
+        "/headers" => headers_json(state, &seen),
+        "/sha256" => sha256(state, req).await,
         "/download" => download(query.get("bytes").map_or(0, |n| parse_num(n))),
         "/sse" => sse(
-            &state,
+            state,
             query.get("chunks").map_or(1, |n| parse_num(n)),
             shutdown,
         ),
@@ -316,14 +419,23 @@ async fn handle(
             resp
         }
         p => match p.strip_prefix("/status/") {
-            Some(code) => with_status(&state, code),
+            Some(code) => with_status(state, code),
             None => text(state.name.clone()),
         },
+    }
+}
+
+/// A health probe: counted apart, answered with the status of [`Listening::set_health`].
+fn health(state: &State) -> Response<Body> {
+    let status = {
+        let mut health = lock(&state.health);
+        health.probes += 1;
+        let status = health.status;
+        *health.answered.entry(status.as_u16()).or_default() += 1;
+        status
     };
-    resp.headers_mut().insert(
-        SERVER_HEADER,
-        HeaderValue::from_str(&state.name).expect("fake model names are valid header values"),
-    );
+    let mut resp = text(state.name.clone());
+    *resp.status_mut() = status;
     resp
 }
 

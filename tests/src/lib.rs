@@ -4,9 +4,11 @@
 //! collide on ports:
 //!
 //! - [`fake_model`]: an HTTP/1.1 + h2c upstream whose behaviour is picked by the request path
-//!   (`/echo`, `/headers`, `/sha256`, `/download`, `/sse`, `/hang`, `/status/{code}`, and a
-//!   default that answers with the server's name).
-//! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors).
+//!   (`/echo`, `/headers`, `/sha256`, `/download`, `/sse`, `/hang`, `/status/{code}`, the
+//!   health paths, and a default that answers with the server's name), with run-time
+//!   switches for its health status and for failing every request.
+//! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors) and
+//!   `grpc.health.v1.Health` (a serving status the test flips).
 //! - [`router`]: spawns the real `router` binary on a rule set in a temp dir and talks to its
 //!   admin API.
 //! - [`lightbulb`]: the same for the real `lightbulb` binary (gRPC and HTTP APIs).

@@ -260,3 +260,146 @@ async fn the_grpc_fake_answers_unary_streaming_and_errors() {
     assert_eq!(status.metadata().get("x-trailer").unwrap(), "kept");
     assert_eq!(fake.requests(), 4);
 }
+
+#[tokio::test]
+async fn health_probes_follow_set_health_and_are_counted_apart() {
+    let fake = FakeModel::new().name("hp").start().await;
+    both_versions(async |client, _| {
+        for path in HEALTH_PATHS {
+            let resp = client.get(fake.addr, path, None).await;
+            assert_eq!(resp.status, 200, "{path}");
+            assert_eq!(resp.header(SERVER_HEADER).as_deref(), Some("hp"));
+        }
+    })
+    .await;
+    assert_eq!(fake.health_probes(), 4);
+    assert_eq!(fake.health_probes_answered(200), 4);
+    assert_eq!(fake.requests(), 0, "health probes are not requests");
+    assert!(
+        fake.last_request().is_none(),
+        "a health probe is not recorded"
+    );
+
+    fake.set_health(503);
+    let client = HttpClient::http1();
+    assert_eq!(client.get(fake.addr, "/healthz", None).await.status, 503);
+    assert_eq!(
+        client.get(fake.addr, "/v2/health/ready", None).await.status,
+        503
+    );
+    assert_eq!(
+        client.get(fake.addr, "/", None).await.status,
+        200,
+        "other paths are unaffected"
+    );
+    assert_eq!(fake.health_probes_answered(503), 2);
+    assert_eq!(fake.health_probes(), 6);
+    assert_eq!(fake.requests(), 1);
+
+    fake.set_health(200);
+    assert_eq!(client.get(fake.addr, "/healthz", None).await.status, 200);
+    assert_eq!(fake.health_probes_answered(200), 5);
+    fake.join().await;
+}
+
+#[tokio::test]
+async fn fail_with_answers_every_other_request_with_the_status_until_cleared() {
+    let fake = FakeModel::new().name("fw").start().await;
+    fake.fail_with(Some(500));
+    both_versions(async |client, _| {
+        for path in ["/", "/echo", "/sse?chunks=1", "/hang", "/status/201"] {
+            let resp = within(path, STEP, client.get(fake.addr, path, None)).await;
+            assert_eq!(resp.status, 500, "{path}");
+            assert_eq!(resp.text(), "fw", "{path}");
+            assert_eq!(resp.header(SERVER_HEADER).as_deref(), Some("fw"));
+        }
+        let probe = client.get(fake.addr, "/healthz", None).await;
+        assert_eq!(probe.status, 200, "health probes are not failed");
+    })
+    .await;
+    assert_eq!(fake.requests(), 10, "failed requests are still counted");
+    assert_eq!(fake.sse_started(), 0);
+
+    fake.fail_with(None);
+    let resp = HttpClient::http1()
+        .get(fake.addr, "/status/201", None)
+        .await;
+    assert_eq!(resp.status, 201, "normal behaviour is back");
+    fake.join().await;
+}
+
+#[tokio::test]
+async fn the_grpc_fake_reports_the_serving_status_the_test_sets() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let fake = FakeGrpc::new().start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", fake.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = async |health: &mut HealthClient<tonic::transport::Channel>, service: &str| {
+        within(
+            "a health check",
+            STEP,
+            health.check(HealthCheckRequest {
+                service: service.to_owned(),
+            }),
+        )
+        .await
+        .map(|r| r.into_inner().status)
+    };
+    assert_eq!(
+        check(&mut health, "").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        check(&mut health, "echo.v1.Echo").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        check(&mut health, "no.such.Service")
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+
+    let mut watch = within(
+        "a health watch",
+        STEP,
+        health.watch(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let first = within("the first watch message", STEP, watch.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    fake.set_serving(false);
+    assert_eq!(
+        check(&mut health, "").await.unwrap(),
+        ServingStatus::NotServing as i32
+    );
+    let changed = within("the watched change", STEP, watch.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.status, ServingStatus::NotServing as i32);
+
+    fake.set_serving(true);
+    assert_eq!(
+        check(&mut health, "").await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(fake.health_probes(), 6);
+    assert_eq!(fake.requests(), 0, "health calls are not echo requests");
+}

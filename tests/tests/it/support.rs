@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Version};
@@ -163,4 +164,105 @@ pub fn expect_router_error(resp: &Collected, status: u16, code: &str) -> Value {
         "an error has a message: {json}"
     );
     json["error"].clone()
+}
+
+/// The entry of cluster `name` in a `GET /clusters` document.
+///
+/// # Panics
+///
+/// When the document lists no such cluster.
+pub fn cluster_in<'a>(clusters: &'a Value, name: &str) -> &'a Value {
+    clusters["clusters"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("GET /clusters lists no cluster {name:?}: {clusters}"))
+}
+
+/// The entry of endpoint `address` of cluster `cluster` in a `GET /clusters` document.
+///
+/// # Panics
+///
+/// When the document lists no such cluster or endpoint.
+pub fn endpoint_in<'a>(clusters: &'a Value, cluster: &str, address: &str) -> &'a Value {
+    cluster_in(clusters, cluster)["endpoints"]
+        .as_array()
+        .and_then(|list| list.iter().find(|e| e["address"] == address))
+        .unwrap_or_else(|| {
+            panic!("GET /clusters lists no endpoint {address} in cluster {cluster:?}: {clusters}")
+        })
+}
+
+/// The `GET /clusters` entry of cluster `name`.
+///
+/// # Panics
+///
+/// When the admin API does not answer 200 with JSON, or lists no such cluster.
+pub async fn cluster_state(router: &RouterProcess, name: &str) -> Value {
+    cluster_in(&router.admin_json("/clusters").await, name).clone()
+}
+
+/// The `GET /clusters` entry of endpoint `address` of cluster `cluster`.
+///
+/// # Panics
+///
+/// When the admin API does not answer 200 with JSON, or lists no such endpoint.
+pub async fn endpoint_state(router: &RouterProcess, cluster: &str, address: &str) -> Value {
+    endpoint_in(&router.admin_json("/clusters").await, cluster, address).clone()
+}
+
+/// Polls `GET /clusters` until the entry of endpoint `address` of cluster `cluster`
+/// satisfies `ok`, and returns that entry; `what` describes the awaited state.
+///
+/// # Panics
+///
+/// At the deadline, with the last entry seen in the message.
+pub async fn wait_for_endpoint(
+    router: &RouterProcess,
+    cluster: &str,
+    address: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    // Polls an observable condition; the deadline only turns a hang into a failure.
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        let endpoint = endpoint_state(router, cluster, address).await;
+        if ok(&endpoint) {
+            return endpoint;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up after {DEADLINE:?} waiting until endpoint {address} of cluster {cluster:?} is {what}; last seen: {endpoint}"
+        );
+    }
+}
+
+/// Polls `GET /clusters` until cluster `name`'s entry satisfies `ok`, and returns it;
+/// `what` describes the awaited state.
+///
+/// # Panics
+///
+/// At the deadline, with the last entry seen in the message.
+pub async fn wait_for_cluster(
+    router: &RouterProcess,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    // Polls an observable condition; the deadline only turns a hang into a failure.
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        let cluster = cluster_state(router, name).await;
+        if ok(&cluster) {
+            return cluster;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up after {DEADLINE:?} waiting until cluster {name:?} is {what}; last seen: {cluster}"
+        );
+    }
 }
