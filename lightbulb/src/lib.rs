@@ -57,7 +57,7 @@
 //! until its shutdown future completes, then drains (see [`Lightbulb::run`]).
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod allocation;
+pub use models_config::allocation;
 pub mod api;
 pub mod auth;
 pub mod cache;

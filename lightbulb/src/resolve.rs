@@ -45,7 +45,7 @@ use models_config::spec::{
     ExperimentSpec, MatchSpec, ModelSpec, ObjectiveSpec, RuleSet, RuleSpec, TrafficClass,
 };
 
-use crate::allocation::Layout;
+use models_config::allocation::Layout;
 use crate::error::ResolveError;
 use crate::objective::{ExperimentCell, ObjectiveConfig, ShadowTarget};
 

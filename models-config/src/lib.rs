@@ -33,6 +33,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod allocation;
 mod error;
 pub mod follow;
 pub mod spec;

@@ -15,7 +15,8 @@
 //!
 //! For an experiment the salt is its `salt` (default: the experiment id); for a rule's split
 //! it is the objective name, so every split of one objective puts a subject at the same
-//! position. Renaming, adding or removing an entry, or changing a percentage moves subjects;
+//! position; for a route's sticky `split` in the router it is the routing key. Lightbulb and
+//! the router both use this module, so they agree. Renaming, adding or removing an entry, or changing a percentage moves subjects;
 //! changing nothing keeps every subject where it was, on every machine and every version.
 //!
 //! `lightbulb/tests/fixtures/allocation_vectors.json` pins the function: a change to it fails
