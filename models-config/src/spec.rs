@@ -259,6 +259,88 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3_600_000))]
     pub timeout_ms: Option<u64>,
+    /// Request header whose value makes a weighted `split` sticky: the value is hashed with
+    /// the allocation function Lightbulb uses (salt = the routing key), so one subject
+    /// always lands on the same cluster; also makes `mirror` sampling deterministic.
+    /// Requires `split` or `mirror`. Without the header on a request, the draw is random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_header: Option<String>,
+    /// Retries of failed attempts, with the request body replayed from a bounded buffer.
+    /// Absent: no retries (a connect failure still moves once to another endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// A sampled shadow copy of the requests to another cluster. Absent: no mirroring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// A route's retry policy.
+///
+/// A retry goes to another endpoint of the cluster when there is one, after a jittered
+/// backoff, and never once response headers have gone to the client. Retries in flight
+/// stay under `budget_percent` of the cluster's requests in flight (at least 3 are always
+/// allowed). The request body is kept, as the same reference-counted chunks, up to
+/// `replay_buffer_bytes`; past it the buffer is dropped and a later failure is answered,
+/// not retried.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Tries in all, the first included (3 = the first and two retries), 1 to 10. Default 2.
+    #[serde(default = "default_retry_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: u32,
+    /// What is retried: `connect_failure`, `reset` (the upstream broke the exchange before
+    /// response headers), `timeout` (no response headers within `per_try_timeout_ms`), a
+    /// status (`"503"`) or class (`"5xx"`), and gRPC codes by name (`"unavailable"`,
+    /// `"resource_exhausted"`, ...) read from a trailers-only answer. Default
+    /// `["connect_failure", "reset"]`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+    /// Time allowed for each try until response headers, in milliseconds, 1 to 3600000.
+    /// Default: none (only the route timeout applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3_600_000))]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Base wait before a retry, in milliseconds, 0 to 60000; the n-th retry waits a random
+    /// time between half and one and a half times `backoff_ms × 2^(n-1)`. Default 25.
+    #[serde(default = "default_backoff_ms")]
+    #[schemars(range(max = 60_000))]
+    pub backoff_ms: u64,
+    /// Retries in flight as a share of the cluster's requests in flight, in percent, 0 to
+    /// 100 (at least 3 retries are always allowed). Default 20.
+    #[serde(default = "default_budget_percent")]
+    #[schemars(range(max = 100))]
+    pub budget_percent: u32,
+    /// Request body bytes kept for replay, 0 to 1073741824 (1 GiB). Default 4194304 (4 MiB).
+    #[serde(default = "default_replay_buffer_bytes")]
+    #[schemars(range(max = 1_073_741_824))]
+    pub replay_buffer_bytes: u64,
+}
+
+/// A route's mirror: a sampled copy of its requests goes to `cluster` too, with
+/// `x-traffic-class: shadow`, sharing the primary's body chunks. The mirror's answer is
+/// discarded; its slowness, failure or backlog never delays or fails the primary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// The shadow cluster (not the route's own).
+    pub cluster: String,
+    /// Share of requests mirrored, in percent, 0 to 100 (fractions allowed); deterministic
+    /// on `sticky_header` when the route has one. Default 100.
+    #[serde(default = "default_sample_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub sample_percent: f64,
+    /// Mirrored requests of this route in flight at once, 1 to 100000; past it, mirror
+    /// copies are dropped (and counted). Default 64.
+    #[serde(default = "default_mirror_max_in_flight")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_in_flight: u32,
+    /// Body bytes a mirrored request may hold queued for a mirror that reads slower than
+    /// the primary, 1 to 67108864; past it the mirror copy is abandoned (and counted).
+    /// Default 1048576 (1 MiB).
+    #[serde(default = "default_mirror_max_buffer_bytes")]
+    #[schemars(range(min = 1, max = 67_108_864))]
+    pub max_buffer_bytes: u64,
 }
 
 /// A route's fallback: one cluster name, or an ordered chain of them.
@@ -402,6 +484,38 @@ fn default_weight() -> u32 {
     1
 }
 
+fn default_retry_attempts() -> u32 {
+    2
+}
+
+fn default_retry_on() -> Vec<String> {
+    vec!["connect_failure".to_owned(), "reset".to_owned()]
+}
+
+fn default_backoff_ms() -> u64 {
+    25
+}
+
+fn default_budget_percent() -> u32 {
+    20
+}
+
+fn default_replay_buffer_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_sample_percent() -> f64 {
+    100.0
+}
+
+fn default_mirror_max_in_flight() -> u32 {
+    64
+}
+
+fn default_mirror_max_buffer_bytes() -> u64 {
+    1024 * 1024
+}
+
 fn default_health_interval_ms() -> u64 {
     1_000
 }
@@ -530,6 +644,74 @@ impl OutlierDetectionSpec {
     pub fn max_ejection_ms(&self) -> u64 {
         self.max_ejection_ms
             .unwrap_or_else(|| DEFAULT_MAX_EJECTION_MS.max(self.base_ejection_ms))
+    }
+}
+
+/// One parsed entry of a retry policy's `on` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryCondition {
+    /// No connection could be opened.
+    ConnectFailure,
+    /// The upstream broke the exchange before response headers.
+    Reset,
+    /// No response headers within the per-try timeout.
+    Timeout,
+    /// This exact status.
+    Status(u16),
+    /// Any status of this class (`5` for `"5xx"`).
+    StatusClass(u8),
+    /// This gRPC status code in a trailers-only answer.
+    Grpc(u8),
+}
+
+/// gRPC status codes by their lowercase names, as `on` takes them.
+const GRPC_CODES: [(&str, u8); 16] = [
+    ("cancelled", 1),
+    ("unknown", 2),
+    ("invalid_argument", 3),
+    ("deadline_exceeded", 4),
+    ("not_found", 5),
+    ("already_exists", 6),
+    ("permission_denied", 7),
+    ("resource_exhausted", 8),
+    ("failed_precondition", 9),
+    ("aborted", 10),
+    ("out_of_range", 11),
+    ("unimplemented", 12),
+    ("internal", 13),
+    ("unavailable", 14),
+    ("data_loss", 15),
+    ("unauthenticated", 16),
+];
+
+impl RetryCondition {
+    /// Parses one entry of `on`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is accepted, when `text` is none of them.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "connect_failure" => return Ok(RetryCondition::ConnectFailure),
+            "reset" => return Ok(RetryCondition::Reset),
+            "timeout" => return Ok(RetryCondition::Timeout),
+            _ => {}
+        }
+        if let Some(&(_, code)) = GRPC_CODES.iter().find(|(name, _)| *name == text) {
+            return Ok(RetryCondition::Grpc(code));
+        }
+        let bytes = text.as_bytes();
+        if bytes.len() == 3 && (b'1'..=b'5').contains(&bytes[0]) {
+            if &bytes[1..] == b"xx" {
+                return Ok(RetryCondition::StatusClass(bytes[0] - b'0'));
+            }
+            if let Ok(status) = text.parse::<u16>() {
+                return Ok(RetryCondition::Status(status));
+            }
+        }
+        Err(format!(
+            "unknown retry condition {text:?}: expected connect_failure, reset, timeout, a status such as \"503\", a class such as \"5xx\", or a gRPC code name such as unavailable"
+        ))
     }
 }
 

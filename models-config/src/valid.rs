@@ -10,7 +10,7 @@ use http::HeaderName;
 use http::uri::Authority;
 
 use crate::error::{Issue, ValidationErrors};
-use crate::spec::RuleSet;
+use crate::spec::{RetryCondition, RuleSet};
 
 /// A rule set that passed [`validate()`](crate::validate()): every reference resolves and
 /// every limit holds. Only this crate makes one, so holding one is the proof.
@@ -28,6 +28,16 @@ struct Inner {
     rules: RuleSet,
     warnings: Vec<Issue>,
     clusters: BTreeMap<String, ValidCluster>,
+    routes: BTreeMap<String, ValidRoute>,
+}
+
+/// The parsed parts of one validated route (only routes that have any are listed).
+#[derive(Debug, Clone, Default)]
+pub struct ValidRoute {
+    /// `sticky_header`, lowercased and parsed.
+    pub sticky_header: Option<HeaderName>,
+    /// The retry policy's `on` list, parsed.
+    pub retry_on: Vec<RetryCondition>,
 }
 
 /// The parsed parts of one validated cluster.
@@ -107,6 +117,39 @@ impl ValidRuleSet {
                 },
             );
         }
+        let mut routes = BTreeMap::new();
+        for (key, spec) in &rules.routes {
+            if spec.sticky_header.is_none() && spec.retry.is_none() {
+                continue;
+            }
+            let at = |field: &str| {
+                format!(
+                    "$.routes[{}].{field}",
+                    serde_json::to_string(key).unwrap_or_default()
+                )
+            };
+            let mut route = ValidRoute::default();
+            if let Some(h) = &spec.sticky_header {
+                match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                    Ok(header) => route.sticky_header = Some(header),
+                    Err(e) => errors.push(Issue::new(
+                        at("sticky_header"),
+                        format!("invalid sticky_header {h:?}: {e}"),
+                    )),
+                }
+            }
+            if let Some(retry) = &spec.retry {
+                for (i, condition) in retry.on.iter().enumerate() {
+                    match RetryCondition::parse(condition) {
+                        Ok(c) => route.retry_on.push(c),
+                        Err(message) => {
+                            errors.push(Issue::new(at(&format!("retry.on[{i}]")), message))
+                        }
+                    }
+                }
+            }
+            routes.insert(key.clone(), route);
+        }
         if !errors.is_empty() {
             return Err(ValidationErrors(errors));
         }
@@ -115,6 +158,7 @@ impl ValidRuleSet {
                 rules,
                 warnings,
                 clusters,
+                routes,
             }),
         })
     }
@@ -133,6 +177,11 @@ impl ValidRuleSet {
     /// `clusters` names it.
     pub fn cluster(&self, name: &str) -> Option<&ValidCluster> {
         self.inner.clusters.get(name)
+    }
+
+    /// The parsed parts of route `key`, when it has a sticky header or a retry policy.
+    pub fn route(&self, key: &str) -> Option<&ValidRoute> {
+        self.inner.routes.get(key)
     }
 
     /// The same rule set stamped with `version` (assigned by a store; the version takes no
@@ -154,6 +203,7 @@ impl ValidRuleSet {
                         rules,
                         warnings: shared.warnings.clone(),
                         clusters: shared.clusters.clone(),
+                        routes: shared.routes.clone(),
                     }),
                 }
             }

@@ -10,7 +10,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::error::{Issue, ValidationErrors};
 use crate::spec::{
     CircuitBreakerSpec, ClusterSpec, EndpointSpec, ExperimentSpec, FallbackSpec, HealthCheckSpec,
-    MatchSpec, ObjectiveSpec, OutlierDetectionSpec, RouteSpec, RuleSet, RuleSpec, TrafficClass,
+    MatchSpec, MirrorSpec, ObjectiveSpec, OutlierDetectionSpec, RetryCondition, RetrySpec,
+    RouteSpec, RuleSet, RuleSpec, TrafficClass,
 };
 
 /// Longest name allowed, in characters.
@@ -35,6 +36,14 @@ const OUTLIER_THRESHOLD_MAX: u64 = 10_000;
 const EJECTION_MAX_MS: u64 = 86_400_000;
 /// Largest circuit-breaker limit.
 const CIRCUIT_LIMIT_MAX: u64 = 1_000_000;
+/// Most tries a retry policy may ask for.
+const RETRY_ATTEMPTS_MAX: u64 = 10;
+/// Largest replay buffer: 1 GiB.
+const REPLAY_BUFFER_MAX_BYTES: u64 = 1 << 30;
+/// Most mirrored requests in flight per route.
+const MIRROR_MAX_IN_FLIGHT: u64 = 100_000;
+/// Largest mirror queue per request: 64 MiB.
+const MIRROR_BUFFER_MAX_BYTES: u64 = 64 << 20;
 
 /// Checks a rule set completely: names, references, weights and limits.
 ///
@@ -449,6 +458,123 @@ impl Validator<'_> {
                 REQUEST_TIMEOUT_MAX_MS,
             );
         }
+        if let Some(header) = &route.sticky_header {
+            let header_path = format!("{path}.sticky_header");
+            if let Err(reason) = check_header_name(header) {
+                self.error(
+                    &header_path,
+                    format!("invalid sticky_header {header:?}: {reason}"),
+                );
+            }
+            if route.split.is_none() && route.mirror.is_none() {
+                self.error(
+                    header_path,
+                    "sticky_header needs a split or a mirror to act on",
+                );
+            }
+        }
+        if let Some(retry) = &route.retry {
+            self.retry(&format!("{path}.retry"), retry);
+        }
+        if let Some(mirror) = &route.mirror {
+            self.mirror(&format!("{path}.mirror"), route, mirror);
+        }
+    }
+
+    fn retry(&mut self, path: &str, retry: &RetrySpec) {
+        self.range(
+            format!("{path}.attempts"),
+            "attempts",
+            u64::from(retry.attempts),
+            1,
+            RETRY_ATTEMPTS_MAX,
+        );
+        let mut seen = BTreeSet::new();
+        for (i, condition) in retry.on.iter().enumerate() {
+            let entry_path = format!("{path}.on[{i}]");
+            if let Err(message) = RetryCondition::parse(condition) {
+                self.error(entry_path, message);
+            } else if !seen.insert(condition.as_str()) {
+                self.error(
+                    entry_path,
+                    format!("duplicate retry condition {condition:?}"),
+                );
+            }
+        }
+        if let Some(timeout) = retry.per_try_timeout_ms {
+            self.range(
+                format!("{path}.per_try_timeout_ms"),
+                "per_try_timeout_ms",
+                timeout,
+                1,
+                REQUEST_TIMEOUT_MAX_MS,
+            );
+        }
+        self.range(
+            format!("{path}.backoff_ms"),
+            "backoff_ms",
+            retry.backoff_ms,
+            0,
+            CONNECT_TIMEOUT_MAX_MS,
+        );
+        self.range(
+            format!("{path}.budget_percent"),
+            "budget_percent",
+            u64::from(retry.budget_percent),
+            0,
+            u64::from(PERCENT),
+        );
+        self.range(
+            format!("{path}.replay_buffer_bytes"),
+            "replay_buffer_bytes",
+            retry.replay_buffer_bytes,
+            0,
+            REPLAY_BUFFER_MAX_BYTES,
+        );
+    }
+
+    fn mirror(&mut self, path: &str, route: &RouteSpec, mirror: &MirrorSpec) {
+        let cluster_path = format!("{path}.cluster");
+        let own = route.cluster == mirror.cluster
+            || route
+                .split
+                .as_ref()
+                .is_some_and(|s| s.contains_key(&mirror.cluster));
+        if own {
+            self.error(
+                cluster_path,
+                format!(
+                    "mirror cluster {:?} is one the route itself sends to",
+                    mirror.cluster
+                ),
+            );
+        } else if !self.rules.clusters.contains_key(&mirror.cluster) {
+            self.error(
+                cluster_path,
+                format!("unknown cluster {:?}", mirror.cluster),
+            );
+        }
+        let percent = mirror.sample_percent;
+        if !(percent.is_finite() && (0.0..=f64::from(PERCENT)).contains(&percent)) {
+            self.error(
+                format!("{path}.sample_percent"),
+                format!("sample_percent {percent} is out of range 0..={PERCENT}"),
+            );
+        }
+        self.range(
+            format!("{path}.max_in_flight"),
+            "max_in_flight",
+            u64::from(mirror.max_in_flight),
+            1,
+            MIRROR_MAX_IN_FLIGHT,
+        );
+        self.range(
+            format!("{path}.max_buffer_bytes"),
+            "max_buffer_bytes",
+            mirror.max_buffer_bytes,
+            1,
+            MIRROR_BUFFER_MAX_BYTES,
+        );
     }
 
     /// A fallback chain: every name resolves, and no cluster comes twice in it (the primary

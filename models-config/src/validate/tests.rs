@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::ConfigError;
 use crate::spec::{
-    EndpointSpec, FallbackSpec, LbPolicy, ModelSpec, RouteSpec, ShadowSpec, WeightedEndpointSpec,
+    EndpointSpec, FallbackSpec, LbPolicy, ModelSpec, RetryCondition, RouteSpec, ShadowSpec,
+    WeightedEndpointSpec,
 };
 
 /// DESIGN §10's rule set: valid, with two clusters, routes and models, one experiment and one
@@ -1243,4 +1244,142 @@ fn fallback_reads_a_name_or_a_list() {
         r#"{"cluster":"a","fallback":["b","c"]}"#
     );
     assert!(serde_json::from_str::<RouteSpec>(r#"{"cluster":"a","fallback":3}"#).is_err());
+}
+
+// === retry, mirror, sticky splits (DESIGN §11) ===
+
+/// The minimal rule set with `json` merged into route `ranker-v2` and a `shadow` cluster.
+fn with_route_fields(json: serde_json::Value) -> RuleSet {
+    let mut value: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+    value["clusters"]["shadow"] = serde_json::json!({ "endpoints": ["127.0.0.1:9100"] });
+    let route = value["routes"]["ranker-v2"].as_object_mut().unwrap();
+    for (k, v) in json.as_object().unwrap() {
+        route.insert(k.clone(), v.clone());
+    }
+    serde_json::from_value(value).expect("the spec deserializes")
+}
+
+#[test]
+fn retry_and_mirror_with_defaults_are_valid() {
+    let rules = with_route_fields(serde_json::json!({
+        "retry": {}, "mirror": { "cluster": "shadow" }
+    }));
+    assert!(validate(&rules).is_ok());
+    let route = &rules.routes["ranker-v2"];
+    let retry = route.retry.as_ref().unwrap();
+    assert_eq!(
+        (retry.attempts, retry.replay_buffer_bytes, retry.on.len()),
+        (2, 4 << 20, 2)
+    );
+    let mirror = route.mirror.as_ref().unwrap();
+    assert_eq!((mirror.sample_percent, mirror.max_in_flight), (100.0, 64));
+}
+
+#[test]
+fn retry_limits_and_conditions_are_checked() {
+    let rules = with_route_fields(serde_json::json!({
+        "retry": {
+            "attempts": 11, "on": ["reset", "teapot", "503", "5xx", "unavailable", "reset"],
+            "budget_percent": 101, "replay_buffer_bytes": 1073741825u64
+        }
+    }));
+    let p = r#"$.routes["ranker-v2"].retry"#;
+    let errors = errors(&rules);
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert_eq!(
+        errors[0],
+        format!("{p}.attempts: attempts 11 is out of range 1..=10")
+    );
+    assert!(errors[1].starts_with(&format!(r#"{p}.on[1]: unknown retry condition "teapot""#)));
+    assert_eq!(
+        errors[2],
+        format!(r#"{p}.on[5]: duplicate retry condition "reset""#)
+    );
+    assert_eq!(
+        errors[3],
+        format!("{p}.budget_percent: budget_percent 101 is out of range 0..=100")
+    );
+    assert_eq!(
+        errors[4],
+        format!(
+            "{p}.replay_buffer_bytes: replay_buffer_bytes 1073741825 is out of range 0..=1073741824"
+        )
+    );
+}
+
+#[test]
+fn retry_conditions_parse() {
+    assert_eq!(
+        RetryCondition::parse("503"),
+        Ok(RetryCondition::Status(503))
+    );
+    assert_eq!(
+        RetryCondition::parse("5xx"),
+        Ok(RetryCondition::StatusClass(5))
+    );
+    assert_eq!(
+        RetryCondition::parse("resource_exhausted"),
+        Ok(RetryCondition::Grpc(8))
+    );
+    assert_eq!(
+        RetryCondition::parse("timeout"),
+        Ok(RetryCondition::Timeout)
+    );
+    assert!(RetryCondition::parse("600").is_err());
+    assert!(RetryCondition::parse("6xx").is_err());
+    assert!(RetryCondition::parse("UNAVAILABLE").is_err());
+}
+
+#[test]
+fn mirror_needs_another_existing_cluster() {
+    let p = r#"$.routes["ranker-v2"]"#;
+    let own = with_route_fields(serde_json::json!({ "mirror": { "cluster": "ranker-v2" } }));
+    assert_errors(
+        &own,
+        &[&format!(
+            r#"{p}.mirror.cluster: mirror cluster "ranker-v2" is one the route itself sends to"#
+        )],
+    );
+    let unknown = with_route_fields(serde_json::json!({
+        "mirror": { "cluster": "nope", "sample_percent": 150, "max_in_flight": 0 }
+    }));
+    assert_errors(
+        &unknown,
+        &[
+            &format!(r#"{p}.mirror.cluster: unknown cluster "nope""#),
+            &format!("{p}.mirror.sample_percent: sample_percent 150 is out of range 0..=100"),
+            &format!("{p}.mirror.max_in_flight: max_in_flight 0 is out of range 1..=100000"),
+        ],
+    );
+}
+
+#[test]
+fn sticky_header_needs_a_split_or_a_mirror() {
+    let p = r#"$.routes["ranker-v2"]"#;
+    let alone = with_route_fields(serde_json::json!({ "sticky_header": "x-subject-id" }));
+    assert_errors(
+        &alone,
+        &[&format!(
+            "{p}.sticky_header: sticky_header needs a split or a mirror to act on"
+        )],
+    );
+    let bad = with_route_fields(serde_json::json!({
+        "sticky_header": "x subject", "mirror": { "cluster": "shadow" }
+    }));
+    assert_errors(
+        &bad,
+        &[&format!(
+            r#"{p}.sticky_header: invalid sticky_header "x subject": character ' ' is not allowed in a header name"#
+        )],
+    );
+    let valid = crate::ValidRuleSet::new(with_route_fields(serde_json::json!({
+        "sticky_header": "X-Subject-Id", "mirror": { "cluster": "shadow" }, "retry": { "on": ["5xx"] }
+    })))
+    .expect("valid");
+    let route = valid.route("ranker-v2").unwrap();
+    assert_eq!(
+        route.sticky_header.as_ref().unwrap().as_str(),
+        "x-subject-id"
+    );
+    assert_eq!(route.retry_on, [RetryCondition::StatusClass(5)]);
 }
