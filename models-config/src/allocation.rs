@@ -45,13 +45,14 @@ pub struct Layout<T> {
 
 /// The allocation hash of `subject` under `salt` (step 1 of the module docs).
 pub fn hash(salt: &str, subject: &str) -> u64 {
+    hash_bytes(salt, subject.as_bytes())
+}
+
+/// [`hash`] of a subject given as bytes (a header value, which need not be UTF-8; for a
+/// UTF-8 subject both agree).
+pub fn hash_bytes(salt: &str, subject: &[u8]) -> u64 {
     let mut h = FNV_OFFSET_BASIS;
-    for &byte in salt
-        .as_bytes()
-        .iter()
-        .chain(&[0u8])
-        .chain(subject.as_bytes())
-    {
+    for &byte in salt.as_bytes().iter().chain(&[0u8]).chain(subject) {
         h ^= u64::from(byte);
         h = h.wrapping_mul(FNV_PRIME);
     }
@@ -62,6 +63,11 @@ pub fn hash(salt: &str, subject: &str) -> u64 {
 pub fn bucket(salt: &str, subject: &str) -> u32 {
     // The remainder is below 10_000, so it fits.
     (hash(salt, subject) % u64::from(BUCKETS)) as u32
+}
+
+/// [`bucket`] of a subject given as bytes.
+pub fn bucket_bytes(salt: &str, subject: &[u8]) -> u32 {
+    (hash_bytes(salt, subject) % u64::from(BUCKETS)) as u32
 }
 
 /// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.

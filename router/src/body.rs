@@ -1,6 +1,10 @@
-//! The two body wrappers of the request path. Both pass frames through untouched (the same
-//! `Bytes`, no copy, no buffering); they only watch for the end of the stream. This module
-//! depends on nothing else of the router.
+//! The body wrappers of the request path. They pass frames through untouched (the same
+//! `Bytes`, no copy); they only watch for the end of the stream, and, when a route asks for
+//! it, keep the chunks for a retry ([`replay`]) or hand the same chunks to a mirror
+//! ([`tee`]), both bounded. This module depends on nothing else of the router.
+
+pub mod replay;
+pub mod tee;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,69 +14,183 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-pin_project_lite::pin_project! {
-    /// A downstream request body on its way upstream. When it has a body at all, it reports
-    /// the end of the upload, so the route timeout can start there (as a client that is
-    /// still uploading is not a slow model server).
-    #[derive(Debug)]
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        ended: Option<oneshot::Sender<()>>,
+/// The error type of request bodies (the client's, or one the router ends on purpose).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream: the client's (read once, or replayed for a retry),
+/// none, or a mirror's copy of the primary's chunks.
+#[derive(Debug)]
+pub struct RequestBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// No body (most GETs): nothing to read, nothing allocated.
+    Empty,
+    /// The client's body, read once.
+    Direct(Source),
+    /// One attempt of a replayable body.
+    Replay(replay::Attempt),
+    /// A mirror's copy.
+    Mirror(tee::Receiver),
+}
+
+/// The client's body as the router reads it: the end of the upload is reported (the route
+/// timeout starts there, as a client still uploading is not a slow model server), and
+/// every frame is also handed to the mirror, when there is one.
+#[derive(Debug)]
+pub struct Source {
+    incoming: Incoming,
+    ended: Option<oneshot::Sender<()>>,
+    tee: Option<tee::Sender>,
+    done: bool,
+}
+
+impl Source {
+    /// Wraps the client's body; the receiver resolves when it has been read whole (or is
+    /// dropped).
+    pub fn new(incoming: Incoming, tee: Option<tee::Sender>) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let source = Source {
+            incoming,
+            ended: Some(tx),
+            tee,
+            done: false,
+        };
+        (source, rx)
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_done(&self) -> bool {
+        self.done || self.incoming.is_end_stream()
+    }
+
+    /// The client's size hint.
+    pub fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut self.incoming).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(tee) = &mut self.tee {
+                    tee.push(frame);
+                }
+                if self.incoming.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn finish(&mut self, complete: bool) {
+        self.done = true;
+        if let Some(tx) = self.ended.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tee) = self.tee.take() {
+            if complete {
+                tee.finish();
+            } else {
+                tee.abort();
+            }
+        }
     }
 }
 
 impl RequestBody {
-    /// Wraps `inner`. For a body that is already complete (no body, as for most GETs) the
-    /// second value is `None` and nothing is allocated; otherwise it resolves when the last
-    /// frame has been read (or the body is dropped).
-    pub fn new(inner: Incoming) -> (Self, Option<oneshot::Receiver<()>>) {
-        if inner.is_end_stream() {
-            return (RequestBody { inner, ended: None }, None);
+    /// The client's body, read once. For a body that is already complete (no body, as for
+    /// most GETs) the second value is `None` and nothing is allocated; otherwise it resolves
+    /// when the last frame has been read (or the body is dropped).
+    pub fn new(
+        incoming: Incoming,
+        tee: Option<tee::Sender>,
+    ) -> (Self, Option<oneshot::Receiver<()>>) {
+        if incoming.is_end_stream() {
+            if let Some(tee) = tee {
+                tee.finish();
+            }
+            return (RequestBody { kind: Kind::Empty }, None);
         }
-        let (tx, rx) = oneshot::channel();
+        let (source, done) = Source::new(incoming, tee);
         (
             RequestBody {
-                inner,
-                ended: Some(tx),
+                kind: Kind::Direct(source),
             },
-            Some(rx),
+            Some(done),
         )
     }
 
-    /// Whether the whole body has been read (or there was none).
+    /// An empty body.
+    pub fn empty() -> Self {
+        RequestBody { kind: Kind::Empty }
+    }
+
+    /// One attempt of a replayable body.
+    pub fn replay(attempt: replay::Attempt) -> Self {
+        RequestBody {
+            kind: Kind::Replay(attempt),
+        }
+    }
+
+    /// A mirror's copy of the primary's body.
+    pub fn mirror(receiver: tee::Receiver) -> Self {
+        RequestBody {
+            kind: Kind::Mirror(receiver),
+        }
+    }
+
+    /// Whether the whole body has been read from the client (or there was none).
     pub fn is_complete(&self) -> bool {
-        self.ended.is_none() || self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Empty | Kind::Mirror(_) => true,
+            Kind::Direct(source) => source.is_done(),
+            Kind::Replay(attempt) => attempt.source_done(),
+        }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        let finished = match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Pending => false,
-        };
-        if finished && let Some(tx) = this.ended.take() {
-            let _ = tx.send(());
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Direct(source) => source.poll(cx),
+            Kind::Replay(attempt) => attempt.poll(cx),
+            Kind::Mirror(receiver) => receiver.poll(cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Direct(source) => source.is_done(),
+            Kind::Replay(attempt) => attempt.is_end_stream(),
+            Kind::Mirror(receiver) => receiver.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Direct(source) => source.size_hint(),
+            Kind::Replay(attempt) => attempt.size_hint(),
+            Kind::Mirror(receiver) => receiver.size_hint(),
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Uri, Version};
 
 /// The default header carrying the routing key (configurable with `--routing-header`).
 pub const ROUTING_KEY: HeaderName = HeaderName::from_static("x-routing-key");
@@ -170,6 +172,41 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Puts the URI (and `Host`) in the form the upstream protocol wants: origin-form plus a
+/// `Host` header for HTTP/1.1, absolute-form (`:scheme` and `:authority`) for HTTP/2. The
+/// client's own authority is kept when it sent one; every part is a cheap `Bytes` clone.
+pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let client_authority = req.uri().authority().cloned().or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    });
+    if h2 {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(client_authority.unwrap_or_else(|| endpoint.clone()));
+        parts.path_and_query = Some(path);
+        *req.uri_mut() =
+            Uri::from_parts(parts).expect("scheme, authority and path form a valid URI");
+        req.headers_mut().remove(HOST);
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        if !req.headers().contains_key(HOST) {
+            let authority = client_authority.unwrap_or_else(|| endpoint.clone());
+            let value = HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value");
+            req.headers_mut().insert(HOST, value);
+        }
+        *req.uri_mut() = Uri::from(path);
+        *req.version_mut() = Version::HTTP_11;
+    }
 }
 
 #[cfg(test)]

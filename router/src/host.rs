@@ -52,6 +52,8 @@ pub struct ClusterState {
     pub in_flight: AtomicUsize,
     /// Requests waiting for a new upstream connection.
     pub pending: AtomicUsize,
+    /// Retries in flight (the retry budget's count).
+    pub retries: AtomicUsize,
 }
 
 /// The outlier-detection state of one host (belongs to the address, survives table swaps).

@@ -57,6 +57,17 @@ pub const HEALTH_CHECK_DURATION_SECONDS: &str = "router_health_check_duration_se
 /// Failed health-check probes, by cluster and endpoint.
 pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "router_health_check_failures_total";
 
+/// Retries not made, by route and reason (`body_over_replay_cap`, `budget_exhausted`).
+pub const RETRIES_ABANDONED_TOTAL: &str = "router_retries_abandoned_total";
+/// Requests copied to a route's mirror, by route.
+pub const MIRROR_REQUESTS_TOTAL: &str = "router_mirror_requests_total";
+/// Mirror copies dropped, by route and reason (`max_in_flight`, `buffer_full`).
+pub const MIRROR_DROPPED_TOTAL: &str = "router_mirror_dropped_total";
+/// Mirror copies that failed (no connection, reset, timeout), by route.
+pub const MIRROR_FAILED_TOTAL: &str = "router_mirror_failed_total";
+/// Mirror answers compared with the primary's, by route and `match` (`true`, `false`).
+pub const MIRROR_STATUS_MATCH_TOTAL: &str = "router_mirror_status_match_total";
+
 /// Histogram buckets for request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -144,6 +155,20 @@ pub fn describe() {
         "Time a health-check probe took"
     );
     metrics::describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, "Failed health-check probes");
+    metrics::describe_counter!(RETRIES_ABANDONED_TOTAL, "Retries not made, by reason");
+    metrics::describe_counter!(MIRROR_REQUESTS_TOTAL, "Requests copied to a route's mirror");
+    metrics::describe_counter!(MIRROR_DROPPED_TOTAL, "Mirror copies dropped, by reason");
+    metrics::describe_counter!(MIRROR_FAILED_TOTAL, "Mirror copies that failed");
+    metrics::describe_counter!(
+        MIRROR_STATUS_MATCH_TOTAL,
+        "Mirror answers whose status matched the primary's, or not"
+    );
+}
+
+/// Records a retry not made on `route` for `reason`.
+pub fn record_retry_abandoned(route: &str, reason: &'static str) {
+    metrics::counter!(RETRIES_ABANDONED_TOTAL, "route" => route.to_string(), "reason" => reason)
+        .increment(1);
 }
 
 /// The counter of requests `cluster`'s circuit breaker refused at `limit`.

@@ -23,24 +23,26 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::header::CONNECTION;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use models_config::spec::Protocol;
+use tokio::sync::oneshot;
 
-use crate::body::{RequestBody, UpstreamBody};
+use crate::body::replay::Replayer;
+use crate::body::{RequestBody, Source, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::host::InFlight;
 use crate::metrics::{self, ActiveRequest};
 use crate::outlier::Outcome;
-use crate::route::{Breaker, Route, RouteTarget};
+use crate::retry::{RetryPermit, RetryPolicy};
+use crate::route::{Breaker, Cluster, Route, RouteTarget};
 use crate::state::Shared;
 use crate::upstream::SendError;
 
@@ -110,11 +112,23 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     headers::strip_hop_by_hop(&mut parts.headers, true);
     headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
     headers::ensure_request_id(&mut parts.headers);
-    let (body, upload_done) = RequestBody::new(body);
-    let req = Request::from_parts(parts, body);
 
-    // 2: pick the target cluster.
-    let target = route.pick_target();
+    // 2: pick the target cluster; start the mirror's copy when the route has one.
+    let target = route.pick_target(&parts.headers);
+    let mut mirrored = match &route.mirror {
+        Some(mirror) if mirror.sampled(&parts.headers, route.sticky_header.as_ref()) => mirror
+            .start(
+                &parts.method,
+                &parts.uri,
+                parts.version,
+                &parts.headers,
+                body.size_hint(),
+                !body.is_end_stream(),
+            ),
+        _ => None,
+    };
+    let tee = mirrored.as_mut().and_then(|m| m.tee.take());
+    let (out, upload_done) = Outgoing::new(&route, parts, body, tee);
 
     // 3: admission, pick and forward, along the fallback chain. The route timeout covers
     // connect attempts, fallbacks and the wait for response headers, and starts once the
@@ -126,7 +140,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         tokio::time::sleep(route.timeout).await;
     });
     let (served_by, result, body_complete) =
-        forward(&route, target, req, downstream_version, deadline).await;
+        forward(&route, target, out, downstream_version, deadline).await;
 
     // 4: respond.
     let response = match result {
@@ -141,6 +155,9 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             resp.map(Either::Right)
         }
     };
+    if let Some(mirrored) = mirrored {
+        let _ = mirrored.status.send(response.status());
+    }
     let elapsed = start.elapsed();
     served_by.metrics.record(response.status(), elapsed);
     if shared.access_log {
@@ -182,28 +199,144 @@ fn close_if_body_unread<B>(resp: &mut Response<B>, version: Version, body_comple
 /// answer, and whether the request body had been read whole.
 type Forwarded<'r> = (&'r RouteTarget, Result<Upstream, ProxyError>, bool);
 
+/// The request as its attempts see it.
+enum Outgoing {
+    /// Sent at most once: the request itself, handed back when a connection could not be
+    /// opened (nothing was sent).
+    Once(Option<Request<RequestBody>>),
+    /// The route retries: the head each attempt copies and the body each replays.
+    Replay {
+        method: Method,
+        uri: Uri,
+        version: Version,
+        headers: HeaderMap,
+        replayer: Replayer,
+    },
+}
+
+impl Outgoing {
+    /// The request of a route: replayable when the route retries. The receiver resolves
+    /// when the client's body has been read whole (`None`: there is none).
+    fn new(
+        route: &Route,
+        parts: http::request::Parts,
+        body: Incoming,
+        tee: Option<crate::body::tee::Sender>,
+    ) -> (Self, Option<oneshot::Receiver<()>>) {
+        match &route.retry {
+            None => {
+                let (body, done) = RequestBody::new(body, tee);
+                (Outgoing::Once(Some(Request::from_parts(parts, body))), done)
+            }
+            Some(policy) => {
+                let (source, done) = if body.is_end_stream() {
+                    if let Some(tee) = tee {
+                        tee.finish();
+                    }
+                    (None, None)
+                } else {
+                    let (source, done) = Source::new(body, tee);
+                    (Some(source), Some(done))
+                };
+                let out = Outgoing::Replay {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    replayer: Replayer::new(source, policy.replay_cap),
+                };
+                (out, done)
+            }
+        }
+    }
+
+    /// The headers (for the balancer's hash policies).
+    fn headers(&self) -> &HeaderMap {
+        static EMPTY: std::sync::OnceLock<HeaderMap> = std::sync::OnceLock::new();
+        match self {
+            Outgoing::Once(Some(req)) => req.headers(),
+            Outgoing::Once(None) => EMPTY.get_or_init(HeaderMap::new),
+            Outgoing::Replay { headers, .. } => headers,
+        }
+    }
+
+    /// The request of the next attempt; `None` once it cannot be sent again (it was sent,
+    /// or its body outgrew the replay buffer).
+    fn take(&mut self) -> Option<Request<RequestBody>> {
+        match self {
+            Outgoing::Once(req) => req.take(),
+            Outgoing::Replay {
+                method,
+                uri,
+                version,
+                headers,
+                replayer,
+            } => {
+                let body = RequestBody::replay(replayer.attempt()?);
+                let mut req = Request::new(body);
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = uri.clone();
+                *req.version_mut() = *version;
+                *req.headers_mut() = headers.clone();
+                Some(req)
+            }
+        }
+    }
+
+    /// Takes back a request nothing of which was sent.
+    fn give_back(&mut self, req: Request<RequestBody>) {
+        if let Outgoing::Once(slot) = self {
+            *slot = Some(req);
+        }
+    }
+
+    /// Whether another attempt can be made (for a replayable body: still within its cap).
+    fn can_resend(&self) -> bool {
+        match self {
+            Outgoing::Once(req) => req.is_some(),
+            Outgoing::Replay { replayer, .. } => replayer.can_replay(),
+        }
+    }
+
+    /// Whether the client's body has been read whole.
+    fn is_complete(&self) -> bool {
+        match self {
+            Outgoing::Once(Some(req)) => req.body().is_complete(),
+            Outgoing::Once(None) => false,
+            Outgoing::Replay { replayer, .. } => replayer.source_done(),
+        }
+    }
+}
+
 /// Sends the request to `target`, then along the route's fallback chain while a cluster
 /// could not take it, all within `deadline`.
 async fn forward<'r, D: Future<Output = ()>>(
     route: &'r Route,
     target: &'r RouteTarget,
-    req: Request<RequestBody>,
+    mut out: Outgoing,
     downstream_version: Version,
     mut deadline: Pin<&mut D>,
 ) -> Forwarded<'r> {
-    match send_to_cluster(target, req, downstream_version, deadline.as_mut()).await {
+    match send_to_cluster(
+        route,
+        target,
+        &mut out,
+        downstream_version,
+        deadline.as_mut(),
+    )
+    .await
+    {
         Ok(resp) => (target, Ok(resp), true),
-        Err(Failure::Answered(err)) => (target, Err(err), false),
-        Err(Failure::Skipped(why, req)) if route.fallbacks.is_empty() => {
-            let complete = req.body().is_complete();
-            (target, Err(why), complete)
+        Err(Failure::Answered(err)) => (target, Err(err), out.is_complete()),
+        Err(Failure::Skipped(why)) if route.fallbacks.is_empty() => {
+            (target, Err(why), out.is_complete())
         }
         // Boxed: the fallback chain is the cold path, and the common future stays small.
-        Err(Failure::Skipped(why, req)) => {
+        Err(Failure::Skipped(why)) => {
             Box::pin(fall_back(
                 route,
                 target,
-                *req,
+                out,
                 why,
                 downstream_version,
                 deadline,
@@ -218,7 +351,7 @@ async fn forward<'r, D: Future<Output = ()>>(
 async fn fall_back<'r, D: Future<Output = ()>>(
     route: &'r Route,
     first: &'r RouteTarget,
-    mut req: Request<RequestBody>,
+    mut out: Outgoing,
     mut why: ProxyError,
     downstream_version: Version,
     mut deadline: Pin<&mut D>,
@@ -230,32 +363,45 @@ async fn fall_back<'r, D: Future<Output = ()>>(
         }
         fallback.metrics.fell_back();
         last = fallback;
-        match send_to_cluster(fallback, req, downstream_version, deadline.as_mut()).await {
+        match send_to_cluster(
+            route,
+            fallback,
+            &mut out,
+            downstream_version,
+            deadline.as_mut(),
+        )
+        .await
+        {
             Ok(resp) => return (fallback, Ok(resp), true),
-            Err(Failure::Answered(err)) => return (fallback, Err(err), false),
-            Err(Failure::Skipped(next_why, back)) => {
-                why = next_why;
-                req = *back;
-            }
+            Err(Failure::Answered(err)) => return (fallback, Err(err), out.is_complete()),
+            Err(Failure::Skipped(next_why)) => why = next_why,
         }
     }
-    let complete = req.body().is_complete();
-    (last, Err(why), complete)
+    (last, Err(why), out.is_complete())
 }
 
 enum Failure {
     /// The cluster could not take the request (no eligible endpoint, overloaded, or no
     /// endpoint accepted a connection); nothing was sent, and the request can go on.
-    Skipped(ProxyError, Box<Request<RequestBody>>),
+    Skipped(ProxyError),
     /// The request was consumed; this is the answer.
     Answered(ProxyError),
 }
 
-/// Admission, pick and forward on one cluster: up to two connection attempts on two
-/// different eligible endpoints.
+/// How one try ended, when it did not end with an answer to pass on.
+enum TryFailed {
+    Connect,
+    Reset,
+    Timeout,
+}
+
+/// Admission, pick and forward on one cluster: tries on eligible endpoints, a failed one
+/// avoided by the next, up to the route's retry policy (without one, a connect failure
+/// still moves once to another endpoint).
 async fn send_to_cluster<D: Future<Output = ()>>(
+    route: &Route,
     target: &RouteTarget,
-    req: Request<RequestBody>,
+    out: &mut Outgoing,
     downstream_version: Version,
     mut deadline: Pin<&mut D>,
 ) -> Result<Upstream, Failure> {
@@ -264,7 +410,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         None => None,
         Some(breaker) => match breaker.admit() {
             Some(permit) => Some(permit),
-            None => return Err(Failure::Skipped(ProxyError::Overloaded, Box::new(req))),
+            None => return Err(Failure::Skipped(ProxyError::Overloaded)),
         },
     };
     let use_h2 = match cluster.protocol {
@@ -272,19 +418,24 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         Protocol::Http2 => true,
         Protocol::Auto => downstream_version == Version::HTTP_2,
     };
-    let mut req = req;
+    let policy = route.retry.as_ref();
     let mut exclude = None;
     let mut why = ProxyError::NoHealthyUpstream;
-    for attempt in 0..2 {
-        let Some(i) = cluster.pick(req.headers(), exclude) else {
-            break;
+    let mut tries: u32 = 0;
+    let mut free_connect_retry = true;
+    let mut retry_permit = None;
+    loop {
+        let Some(i) = cluster.pick(out.headers(), exclude) else {
+            return Err(Failure::Skipped(why));
         };
-        if attempt > 0 {
-            target.metrics.retried();
-        }
+        let Some(mut req) = out.take() else {
+            // Only a replayable body outgrown its buffer gets here (checked before a retry).
+            return Err(Failure::Answered(ProxyError::UpstreamProtocol));
+        };
+        tries += 1;
         let host = &cluster.endpoints[i];
         let in_flight = InFlight::start(host, permit.take());
-        prepare_uri(&mut req, &host.authority, use_h2);
+        headers::prepare_uri(&mut req, &host.authority, use_h2);
         let pending = cluster.breaker.as_ref().map(Breaker::pending_limit);
         let timeout = cluster.connect_timeout;
         let send = async move {
@@ -294,44 +445,143 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                 host.pool.send_http1(req, timeout, pending).await
             }
         };
+        let per_try = async {
+            match policy.and_then(|p| p.per_try_timeout) {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let sent = tokio::select! {
             biased;
-            sent = send => sent,
+            sent = send => Some(sent),
             () = &mut deadline => {
                 observe(target, i, Outcome::GatewayFailure);
                 return Err(Failure::Answered(ProxyError::UpstreamTimeout));
             }
+            () = per_try => None,
         };
-        match sent {
-            Ok(resp) => {
+        drop(retry_permit.take());
+        let failed = match sent {
+            Some(Ok(resp)) => {
                 if cluster.outlier.is_some() {
                     observe(target, i, outcome_of(&resp));
                 }
-                return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight)));
+                let retriable =
+                    policy.is_some_and(|p| tries < p.attempts && p.retries_response(&resp));
+                if !retriable {
+                    return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight)));
+                }
+                match retry_allowed(route, cluster, out) {
+                    Some(admitted) => {
+                        tracing::debug!(route = %route.key, cluster = %cluster.name, endpoint = %host.address, status = resp.status().as_u16(), "retrying a retriable answer");
+                        retry_permit = Some(admitted);
+                        permit = in_flight.release();
+                        exclude = Some(i);
+                        drop(resp);
+                        backoff(target, policy, tries, deadline.as_mut()).await?;
+                        continue;
+                    }
+                    None => return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight))),
+                }
             }
-            Err(SendError::Exchange(e)) => {
+            Some(Err(SendError::Exchange(e))) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "upstream exchange failed");
-                observe(target, i, Outcome::GatewayFailure);
-                return Err(Failure::Answered(ProxyError::UpstreamProtocol));
+                TryFailed::Reset
             }
-            Err(SendError::Connect(e, back)) => {
+            Some(Err(SendError::Connect(e, back))) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "connect failed");
                 target.metrics.connect_failed();
-                observe(target, i, Outcome::GatewayFailure);
-                req = *back;
-                exclude = Some(i);
-                why = ProxyError::UpstreamConnect;
-                permit = in_flight.release();
+                out.give_back(*back);
+                TryFailed::Connect
             }
-            Err(SendError::Overloaded(back)) => {
+            Some(Err(SendError::Overloaded(back))) => {
                 if let Some(breaker) = &cluster.breaker {
                     breaker.refused_pending();
                 }
-                return Err(Failure::Skipped(ProxyError::Overloaded, back));
+                out.give_back(*back);
+                return Err(Failure::Skipped(ProxyError::Overloaded));
             }
+            None => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %host.address, "per-try timeout");
+                TryFailed::Timeout
+            }
+        };
+        observe(target, i, Outcome::GatewayFailure);
+        permit = in_flight.release();
+        exclude = Some(i);
+        let (policy_retries, answer) = match failed {
+            TryFailed::Connect => {
+                why = ProxyError::UpstreamConnect;
+                // Nothing was sent: one more endpoint is always tried.
+                if std::mem::take(&mut free_connect_retry) && out.can_resend() {
+                    target.metrics.retried();
+                    tries -= 1;
+                    continue;
+                }
+                (
+                    policy.is_some_and(|p| p.connect_failure),
+                    Failure::Skipped(ProxyError::UpstreamConnect),
+                )
+            }
+            TryFailed::Reset => (
+                policy.is_some_and(|p| p.reset),
+                Failure::Answered(ProxyError::UpstreamProtocol),
+            ),
+            TryFailed::Timeout => (
+                policy.is_some_and(|p| p.timeout),
+                Failure::Answered(ProxyError::UpstreamTimeout),
+            ),
+        };
+        if !policy_retries || policy.is_none_or(|p| tries >= p.attempts) {
+            return Err(answer);
         }
+        match retry_allowed(route, cluster, out) {
+            Some(admitted) => retry_permit = Some(admitted),
+            None => return Err(answer),
+        }
+        backoff(target, policy, tries, deadline.as_mut()).await?;
     }
-    Err(Failure::Skipped(why, Box::new(req)))
+}
+
+/// Whether one more try may be made: the body can still be replayed and the cluster's
+/// retry budget has room. A refusal is counted and, for the replay cap, logged.
+#[cold]
+fn retry_allowed(route: &Route, cluster: &Cluster, out: &Outgoing) -> Option<RetryPermit> {
+    let policy = route.retry.as_ref()?;
+    if !out.can_resend() {
+        metrics::record_retry_abandoned(&route.key, "body_over_replay_cap");
+        tracing::warn!(
+            route = %route.key,
+            replay_buffer_bytes = policy.replay_cap,
+            "retry abandoned: the request body outgrew the replay buffer (replay_buffer_bytes)"
+        );
+        return None;
+    }
+    let in_flight = cluster.endpoints.iter().map(|h| h.active_requests()).sum();
+    let permit = policy.admit_retry(&cluster.state, in_flight);
+    if permit.is_none() {
+        metrics::record_retry_abandoned(&route.key, "budget_exhausted");
+    }
+    permit
+}
+
+/// Waits before retry number `tries`, within the route deadline.
+async fn backoff<D: Future<Output = ()>>(
+    target: &RouteTarget,
+    policy: Option<&RetryPolicy>,
+    tries: u32,
+    deadline: Pin<&mut D>,
+) -> Result<(), Failure> {
+    target.metrics.retried();
+    let wait = policy.map_or(Duration::ZERO, |p| p.backoff(tries));
+    if wait.is_zero() {
+        return Ok(());
+    }
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep(wait) => Ok(()),
+        () = deadline => Err(Failure::Answered(ProxyError::UpstreamTimeout)),
+    }
 }
 
 /// Feeds outlier detection, when the cluster has it.
@@ -356,40 +606,5 @@ fn outcome_of(resp: &Response<Incoming>) -> Outcome {
     match resp.headers().get(headers::GRPC_STATUS) {
         Some(code) if code == "14" || code == "13" => Outcome::ServerError,
         _ => Outcome::Success,
-    }
-}
-
-/// Puts the URI (and `Host`) in the form the upstream protocol wants: origin-form plus a
-/// `Host` header for HTTP/1.1, absolute-form (`:scheme` and `:authority`) for HTTP/2. The
-/// client's own authority is kept when it sent one; every part is a cheap `Bytes` clone.
-fn prepare_uri(req: &mut Request<RequestBody>, endpoint: &Authority, h2: bool) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let client_authority = req.uri().authority().cloned().or_else(|| {
-        req.headers()
-            .get(HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-    });
-    if h2 {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(client_authority.unwrap_or_else(|| endpoint.clone()));
-        parts.path_and_query = Some(path);
-        *req.uri_mut() =
-            Uri::from_parts(parts).expect("scheme, authority and path form a valid URI");
-        req.headers_mut().remove(HOST);
-        *req.version_mut() = Version::HTTP_2;
-    } else {
-        if !req.headers().contains_key(HOST) {
-            let authority = client_authority.unwrap_or_else(|| endpoint.clone());
-            let value = HeaderValue::from_str(authority.as_str())
-                .expect("an authority is a valid header value");
-            req.headers_mut().insert(HOST, value);
-        }
-        *req.uri_mut() = Uri::from(path);
-        *req.version_mut() = Version::HTTP_11;
     }
 }

@@ -12,16 +12,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use metrics::Counter;
-use models_config::ValidRuleSet;
 use models_config::spec::{CircuitBreakerSpec, HealthCheckSpec, LbPolicy, Protocol};
+use models_config::{ValidRuleSet, allocation};
 
 use crate::balance::Balancer;
 use crate::health::{self, ProbeSpawner};
 use crate::host::{ClusterPermit, ClusterState, EJECTED, Host, HostRegistry, UNHEALTHY};
 use crate::metrics::{self as router_metrics, RouteMetrics};
+use crate::mirror::Mirror;
 use crate::outlier::OutlierPolicy;
+use crate::retry::RetryPolicy;
 use crate::rng;
 use crate::upstream::PendingLimit;
 
@@ -54,6 +56,8 @@ pub struct Cluster {
     pub outlier: Option<OutlierPolicy>,
     /// The circuit breaker, when configured.
     pub breaker: Option<Breaker>,
+    /// The counts of the cluster that outlive tables (breaker, retry budget).
+    pub state: Arc<ClusterState>,
 }
 
 /// A cluster's circuit breaker: its limits and the counts they apply to.
@@ -94,6 +98,12 @@ pub struct Route {
     pub fallbacks: Box<[RouteTarget]>,
     /// Time allowed from forwarding until response headers.
     pub timeout: Duration,
+    /// The header that makes the split (and the mirror's sample) sticky.
+    pub sticky_header: Option<HeaderName>,
+    /// Retries, when configured.
+    pub retry: Option<RetryPolicy>,
+    /// The mirror, when configured.
+    pub mirror: Option<Mirror>,
 }
 
 /// The whole routing state of one generation.
@@ -182,8 +192,11 @@ impl Breaker {
 // === impl Route ===
 
 impl Route {
-    /// The target for one request: the primary, or a weighted draw among the split.
-    pub fn pick_target(&self) -> &RouteTarget {
+    /// The target for one request: the primary, or a draw among the split. With a sticky
+    /// header on the request, the draw is Lightbulb's allocation of its value (salt = the
+    /// routing key; clusters laid out in ascending byte order of their names, each over
+    /// weight × 100 of the 10,000 buckets), so one subject always gets the same cluster.
+    pub fn pick_target(&self, headers: &HeaderMap) -> &RouteTarget {
         if self.split_cumulative.is_empty() {
             return &self.targets[0];
         }
@@ -191,7 +204,13 @@ impl Route {
             .split_cumulative
             .last()
             .expect("a split is never empty");
-        let draw = rng::below(total as usize) as u32;
+        let draw = match self.sticky_header.as_ref().and_then(|h| headers.get(h)) {
+            Some(value) => {
+                // Weights sum to 100 (validated): bucket / 100 is the position in percent.
+                allocation::bucket_bytes(&self.key, value.as_bytes()) * total / allocation::BUCKETS
+            }
+            None => rng::below(total as usize) as u32,
+        };
         let i = self.split_cumulative.partition_point(|&c| c <= draw);
         &self.targets[i.min(self.targets.len() - 1)]
     }
@@ -255,6 +274,10 @@ impl RouteTable {
                 refused_requests: router_metrics::circuit_breaker_refused(&name, "max_requests"),
                 refused_pending: router_metrics::circuit_breaker_refused(&name, "max_pending"),
             });
+            let state = match &breaker {
+                Some(b) => Arc::clone(&b.state),
+                None => hosts.cluster(&name),
+            };
             clusters.insert(
                 Arc::clone(&name),
                 Arc::new(Cluster {
@@ -273,6 +296,7 @@ impl RouteTable {
                     health_check: spec.health_check.clone(),
                     outlier: spec.outlier_detection.as_ref().map(OutlierPolicy::new),
                     breaker,
+                    state,
                     name,
                 }),
             );
@@ -326,6 +350,15 @@ impl RouteTable {
                 .timeout_ms
                 .map(Duration::from_millis)
                 .unwrap_or(primary.request_timeout);
+            let parsed = rule_set.route(key);
+            let retry = spec.retry.as_ref().map(|r| {
+                let on = parsed.map_or(&[][..], |p| &p.retry_on[..]);
+                RetryPolicy::new(r, on)
+            });
+            let mirror = spec
+                .mirror
+                .as_ref()
+                .map(|m| Mirror::new(key, m, cluster(&m.cluster)));
             routes.insert(
                 Box::from(key.as_bytes()),
                 Arc::new(Route {
@@ -334,6 +367,9 @@ impl RouteTable {
                     split_cumulative: split_cumulative.into_boxed_slice(),
                     fallbacks,
                     timeout,
+                    sticky_header: parsed.and_then(|p| p.sticky_header.clone()),
+                    retry,
+                    mirror,
                 }),
             );
         }
@@ -420,7 +456,7 @@ mod tests {
         let t = build(RULES, None, &hosts);
         let r = t.route(b"ks").unwrap();
         let to_b = (0..20_000)
-            .filter(|_| &*r.pick_target().cluster.name == "b")
+            .filter(|_| &*r.pick_target(&HeaderMap::new()).cluster.name == "b")
             .count();
         assert!((14_000..16_000).contains(&to_b), "{to_b}");
     }
@@ -531,5 +567,34 @@ mod tests {
             "an endpoint nobody checks is not held unhealthy"
         );
         drop(second);
+    }
+
+    #[test]
+    fn a_sticky_split_follows_lightbulbs_allocation() {
+        let hosts = HostRegistry::new(1);
+        let t = build(
+            r#"{
+                "clusters": {
+                    "a": { "endpoints": ["127.0.0.1:1"] },
+                    "b": { "endpoints": ["127.0.0.1:2"] }
+                },
+                "routes": { "k": { "cluster": "a", "split": { "b": 30, "a": 70 }, "sticky_header": "x-subject-id" } }
+            }"#,
+            None,
+            &hosts,
+        );
+        let r = t.route(b"k").unwrap();
+        let layout = models_config::allocation::Layout::new([(70, "a"), (30, "b")]).unwrap();
+        let mut to_b = 0;
+        for subject in 0..5_000 {
+            let value = format!("member-{subject}");
+            let mut headers = HeaderMap::new();
+            headers.insert("x-subject-id", value.parse().unwrap());
+            let picked = &*r.pick_target(&headers).cluster.name;
+            assert_eq!(picked, *layout.pick("k", &value), "{value}");
+            assert_eq!(picked, &*r.pick_target(&headers).cluster.name);
+            to_b += usize::from(picked == "b");
+        }
+        assert!((1_300..1_700).contains(&to_b), "{to_b}");
     }
 }
