@@ -328,8 +328,12 @@ PRODUCTION_CLUSTER = {
                           "base_ejection_ms": 30000, "max_ejection_percent": 50},
     "circuit_breaker": {"max_requests": 100000, "max_pending": 100000},
 }
-# Added to every route (retry policies go here).
-PRODUCTION_ROUTE: dict = {}
+# Added to every route: a retry policy with the replay buffer (nothing fails, so it never
+# retries; it keeps up to 4 MiB of each body for a replay, then lets go).
+PRODUCTION_ROUTE: dict = {
+    "retry": {"attempts": 2, "on": ["connect_failure", "reset", "503"],
+              "backoff_ms": 25, "budget_percent": 20, "replay_buffer_bytes": 4194304},
+}
 # Top-level blocks added to the rule set (tenants with limits go here).
 PRODUCTION_TOP: dict = {}
 

@@ -41,11 +41,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use models_config::ValidRuleSet;
+use models_config::allocation::Layout;
 use models_config::spec::{
     ExperimentSpec, MatchSpec, ModelSpec, ObjectiveSpec, RuleSet, RuleSpec, TrafficClass,
 };
 
-use models_config::allocation::Layout;
 use crate::error::ResolveError;
 use crate::objective::{ExperimentCell, ObjectiveConfig, ShadowTarget};
 
