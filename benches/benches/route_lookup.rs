@@ -38,7 +38,7 @@ fn lookup(c: &mut Criterion) {
                 i = (i + 1) % probes.len();
                 let snapshot = table.load();
                 let route = snapshot.route(probes[i].as_bytes()).expect("present");
-                let target = route.pick_target();
+                let target = route.pick_target(&headers);
                 black_box(target.cluster.pick(&headers, None))
             })
         });

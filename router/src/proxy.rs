@@ -210,7 +210,8 @@ enum Outgoing {
         uri: Uri,
         version: Version,
         headers: HeaderMap,
-        replayer: Replayer,
+        /// `None`: there is no body, so every attempt sends none.
+        replayer: Option<Replayer>,
     },
 }
 
@@ -229,21 +230,21 @@ impl Outgoing {
                 (Outgoing::Once(Some(Request::from_parts(parts, body))), done)
             }
             Some(policy) => {
-                let (source, done) = if body.is_end_stream() {
+                let (replayer, done) = if body.is_end_stream() {
                     if let Some(tee) = tee {
                         tee.finish();
                     }
                     (None, None)
                 } else {
                     let (source, done) = Source::new(body, tee);
-                    (Some(source), Some(done))
+                    (Some(Replayer::new(source, policy.replay_cap)), Some(done))
                 };
                 let out = Outgoing::Replay {
                     method: parts.method,
                     uri: parts.uri,
                     version: parts.version,
                     headers: parts.headers,
-                    replayer: Replayer::new(source, policy.replay_cap),
+                    replayer,
                 };
                 (out, done)
             }
@@ -272,7 +273,10 @@ impl Outgoing {
                 headers,
                 replayer,
             } => {
-                let body = RequestBody::replay(replayer.attempt()?);
+                let body = match replayer {
+                    Some(replayer) => RequestBody::replay(replayer.attempt()?),
+                    None => RequestBody::empty(),
+                };
                 let mut req = Request::new(body);
                 *req.method_mut() = method.clone();
                 *req.uri_mut() = uri.clone();
@@ -294,7 +298,7 @@ impl Outgoing {
     fn can_resend(&self) -> bool {
         match self {
             Outgoing::Once(req) => req.is_some(),
-            Outgoing::Replay { replayer, .. } => replayer.can_replay(),
+            Outgoing::Replay { replayer, .. } => replayer.as_ref().is_none_or(Replayer::can_replay),
         }
     }
 
@@ -303,7 +307,9 @@ impl Outgoing {
         match self {
             Outgoing::Once(Some(req)) => req.body().is_complete(),
             Outgoing::Once(None) => false,
-            Outgoing::Replay { replayer, .. } => replayer.source_done(),
+            Outgoing::Replay { replayer, .. } => {
+                replayer.as_ref().is_none_or(Replayer::source_done)
+            }
         }
     }
 }
@@ -424,8 +430,18 @@ async fn send_to_cluster<D: Future<Output = ()>>(
     let mut tries: u32 = 0;
     let mut free_connect_retry = true;
     let mut retry_permit = None;
+    // A policy retry prefers another endpoint but may go back to the one that failed when
+    // it is the only eligible one; the free connect retry only ever moves on.
+    let mut same_allowed = false;
     loop {
-        let Some(i) = cluster.pick(out.headers(), exclude) else {
+        let picked = cluster.pick(out.headers(), exclude).or_else(|| {
+            if same_allowed {
+                cluster.pick(out.headers(), None)
+            } else {
+                None
+            }
+        });
+        let Some(i) = picked else {
             return Err(Failure::Skipped(why));
         };
         let Some(mut req) = out.take() else {
@@ -477,6 +493,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                         retry_permit = Some(admitted);
                         permit = in_flight.release();
                         exclude = Some(i);
+                        same_allowed = true;
                         drop(resp);
                         backoff(target, policy, tries, deadline.as_mut()).await?;
                         continue;
@@ -513,9 +530,13 @@ async fn send_to_cluster<D: Future<Output = ()>>(
             TryFailed::Connect => {
                 why = ProxyError::UpstreamConnect;
                 // Nothing was sent: one more endpoint is always tried.
-                if std::mem::take(&mut free_connect_retry) && out.can_resend() {
+                if std::mem::take(&mut free_connect_retry)
+                    && out.can_resend()
+                    && cluster.pick(out.headers(), exclude).is_some()
+                {
                     target.metrics.retried();
                     tries -= 1;
+                    same_allowed = false;
                     continue;
                 }
                 (
@@ -539,6 +560,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
             Some(admitted) => retry_permit = Some(admitted),
             None => return Err(answer),
         }
+        same_allowed = true;
         backoff(target, policy, tries, deadline.as_mut()).await?;
     }
 }

@@ -7,6 +7,10 @@
 //!   replies with `ABORTED` / `"stopped"` and trailing metadata `x-trailer: kept`, so a status
 //!   in real trailers (after data frames) can be checked end to end.
 //!
+//! [`GrpcListening::fail_next_unavailable`]`(n)` makes the next `n` `Say` calls fail with
+//! `UNAVAILABLE` / [`UNAVAILABLE_MESSAGE`], a trailers-only response (`grpc-status` in the
+//! response headers), as a retriable upstream failure looks.
+//!
 //! It also serves `grpc.health.v1.Health` (the `tonic-health` protocol): `Check` and `Watch`
 //! of the whole server (`""`) or of `echo.v1.Echo` answer `SERVING` until the test calls
 //! [`GrpcListening::set_serving`]`(false)`, then `NOT_SERVING`; other service names are
@@ -41,6 +45,9 @@ pub mod pb {
 use pb::echo_server::{Echo, EchoServer};
 use pb::{CountReply, CountRequest, SayReply, SayRequest};
 
+/// The message of the `UNAVAILABLE` status armed by [`GrpcListening::fail_next_unavailable`].
+pub const UNAVAILABLE_MESSAGE: &str = "fake unavailable";
+
 /// Builder of a fake gRPC upstream.
 #[derive(Debug, Clone)]
 pub struct FakeGrpc {
@@ -53,6 +60,7 @@ pub struct GrpcListening {
     /// The bound address (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    fail_next: Arc<AtomicUsize>,
     health: Arc<HealthState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -62,6 +70,8 @@ pub struct GrpcListening {
 struct EchoService {
     name: String,
     requests: Arc<AtomicUsize>,
+    /// `Say` calls left to fail with `UNAVAILABLE`.
+    fail_next: Arc<AtomicUsize>,
 }
 
 /// The serving status shared by the health service and the test.
@@ -112,9 +122,11 @@ impl FakeGrpc {
             .expect("bind the fake gRPC server to 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let requests = Arc::new(AtomicUsize::new(0));
+        let fail_next = Arc::new(AtomicUsize::new(0));
         let service = EchoService {
             name: self.name,
             requests: requests.clone(),
+            fail_next: fail_next.clone(),
         };
         let health = Arc::new(HealthState {
             serving: watch::Sender::new(true),
@@ -136,6 +148,7 @@ impl FakeGrpc {
         GrpcListening {
             addr,
             requests,
+            fail_next,
             health,
             stop: Some(stop),
             task: Some(task),
@@ -154,6 +167,13 @@ impl GrpcListening {
     /// `echo.v1.Echo` RPCs received so far (health calls excluded).
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Answers the next `n` unary calls (`Say`) with `UNAVAILABLE` / [`UNAVAILABLE_MESSAGE`]
+    /// as a trailers-only response, then answers normally again. Replaces what an earlier
+    /// call armed (`0` disarms). The failed calls are counted in [`GrpcListening::requests`].
+    pub fn fail_next_unavailable(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
     }
 
     /// Sets what `grpc.health.v1.Health` reports for the whole server (`""`) and for
@@ -188,6 +208,14 @@ type CountStream = Pin<Box<dyn futures_util::Stream<Item = Result<CountReply, St
 impl Echo for EchoService {
     async fn say(&self, request: Request<SayRequest>) -> Result<Response<SayReply>, Status> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            // Returned before any message: tonic answers trailers-only.
+            return Err(Status::unavailable(UNAVAILABLE_MESSAGE));
+        }
         let message = request.into_inner().message;
         if message == "fail" {
             return Err(Status::permission_denied("nope"));

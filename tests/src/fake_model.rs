@@ -8,8 +8,10 @@
 //! |---|---|
 //! | `/echo` | 200, the request body streamed back frame by frame (trailers too) |
 //! | `/headers` | 200, JSON `{"server","method","path","version","headers":{name:[values]}}` |
-//! | `/sha256` | 200, JSON `{"server","sha256","bytes"}` of the body, read streaming |
+//! | `/sha256` | 200, JSON `{"server","sha256","bytes"}` of the body, read streaming (recorded: [`Listening::sha256_bodies`]) |
+//! | `/reset-after-read` | while [`Listening::reset_after_read`] has a count left: reads the whole body (recorded: [`Listening::reset_bodies`]), then breaks the exchange without any response; otherwise as `/sha256` |
 //! | `/download?bytes=N` | 200, the first N bytes of [`crate::pattern`] in 64 KiB chunks |
+//! | `/truncate?bytes=N` | 200, the first N bytes of [`crate::pattern`], then the body breaks: HTTP/1.1 closes the connection mid-body, HTTP/2 resets the stream |
 //! | `/sse?chunks=N` | 200 `text/event-stream`; chunk k is produced only once the test has released k+1 permits of [`Listening::release_sse`] |
 //! | `/hang` | never answers (until the server stops) |
 //! | `/close` | 200, body = the server's name, with `connection: close` (HTTP/1.1 closes after it) |
@@ -17,7 +19,7 @@
 //! | `/v2/health/ready`, `/healthz` | the health probe: the status set by [`Listening::set_health`] (default 200), body = the server's name |
 //! | anything else | 200, body = the server's name |
 //!
-//! Two switches change the answers at run time, from the test:
+//! Switches change the answers at run time, from the test:
 //!
 //! - [`Listening::set_health`] sets the status of the health paths (any method). Health probes
 //!   are counted apart ([`Listening::health_probes`], [`Listening::health_probes_answered`]):
@@ -26,14 +28,22 @@
 //! - [`Listening::fail_with`]`(Some(status))` answers every other request with `status`, body
 //!   = the server's name, whatever its path (`/hang` and `/sse` included); `None` restores the
 //!   table above. Those requests are still counted and recorded.
+//! - [`Listening::fail_next`]`(n, status)` answers the next `n` requests (health probes
+//!   excluded, whatever their path) with `status` once their body has been read whole, then
+//!   the normal behaviour resumes. It comes before [`Listening::fail_with`].
+//! - [`Listening::reset_after_read`]`(n)` arms `/reset-after-read` for its next `n` requests.
+//!
+//! Breaking the exchange ("a reset") is the handler failing: over HTTP/1.1 hyper closes the
+//! connection without writing a response, over HTTP/2 it resets the stream
+//! (`RST_STREAM`); either way the client sees the exchange fail before response headers.
 //!
 //! Every response carries `x-fake-model: NAME`. The server counts requests and connections
-//! (probe connections included) and keeps the last request's head for assertions. A panic in
+//! (probe connections included), keeps the last request's head and the headers of every
+//! request ([`Listening::seen_header_values`]) for assertions. A panic in
 //! a handler is recorded and re-raised by [`Listening::join`]. Dropping the [`Listening`] stops
 //! the server and aborts its connections.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -110,7 +120,38 @@ struct State {
     health: Mutex<Health>,
     /// The status every other request is answered with; 0: none (normal behaviour).
     fail_with: AtomicU16,
+    /// `fail_next`: requests left to fail, and the status they get.
+    fail_next: Mutex<FailNext>,
+    /// Requests to `/reset-after-read` left to reset.
+    reset_after_read: AtomicUsize,
+    /// `(bytes, sha256)` of every body read by a reset `/reset-after-read`.
+    reset_bodies: Mutex<Vec<(u64, String)>>,
+    /// `(bytes, sha256)` of every body hashed and answered by `/sha256` (and a disarmed
+    /// `/reset-after-read`).
+    sha256_bodies: Mutex<Vec<(u64, String)>>,
+    /// The headers of every request (health probes excluded), in arrival order.
+    seen_headers: Mutex<Vec<HeaderMap>>,
 }
+
+/// What [`Listening::fail_next`] armed.
+#[derive(Debug, Clone, Copy)]
+struct FailNext {
+    remaining: usize,
+    status: StatusCode,
+}
+
+/// The error a handler returns to break the exchange without a response (see the module
+/// docs).
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fake model: the exchange is reset on purpose")
+    }
+}
+
+impl std::error::Error for Reset {}
 
 /// The health-probe state: the status answered and the probes counted, changed together
 /// under one lock so a count by status is exact.
@@ -169,6 +210,14 @@ impl FakeModel {
                 answered: BTreeMap::new(),
             }),
             fail_with: AtomicU16::new(0),
+            fail_next: Mutex::new(FailNext {
+                remaining: 0,
+                status: StatusCode::OK,
+            }),
+            reset_after_read: AtomicUsize::new(0),
+            reset_bodies: Mutex::new(Vec::new()),
+            sha256_bodies: Mutex::new(Vec::new()),
+            seen_headers: Mutex::new(Vec::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
@@ -269,6 +318,65 @@ impl Listening {
         self.state.fail_with.store(code, Ordering::SeqCst);
     }
 
+    /// Answers the next `n` requests (health probes excluded, whatever their path, `/hang`
+    /// included) with `status`, body = the server's name, each once its request body has
+    /// been read whole; then the normal behaviour resumes. Replaces what an earlier call
+    /// armed (`n = 0` disarms). The failed requests are counted in [`Listening::requests`].
+    /// Comes before [`Listening::fail_with`].
+    ///
+    /// # Panics
+    ///
+    /// When `status` is not a valid HTTP status (100 to 999).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let status = StatusCode::from_u16(status)
+            .unwrap_or_else(|_| panic!("fake model: {status} is not an HTTP status"));
+        *lock(&self.state.fail_next) = FailNext {
+            remaining: n,
+            status,
+        };
+    }
+
+    /// Requests [`Listening::fail_next`] still has to fail.
+    pub fn fail_next_remaining(&self) -> usize {
+        lock(&self.state.fail_next).remaining
+    }
+
+    /// Arms `/reset-after-read` for its next `n` requests (replacing an earlier count;
+    /// `0` disarms): each reads the whole request body, records its length and SHA-256
+    /// ([`Listening::reset_bodies`]) and breaks the exchange without a response. Once the
+    /// count has run out, `/reset-after-read` answers as `/sha256`.
+    pub fn reset_after_read(&self, n: usize) {
+        self.state.reset_after_read.store(n, Ordering::SeqCst);
+    }
+
+    /// Resets [`Listening::reset_after_read`] still has to do.
+    pub fn resets_remaining(&self) -> usize {
+        self.state.reset_after_read.load(Ordering::SeqCst)
+    }
+
+    /// `(bytes, hex sha256)` of the body read by each reset `/reset-after-read` request, in
+    /// the order they were reset.
+    pub fn reset_bodies(&self) -> Vec<(u64, String)> {
+        lock(&self.state.reset_bodies).clone()
+    }
+
+    /// `(bytes, hex sha256)` of every body `/sha256` (or a disarmed `/reset-after-read`)
+    /// read to its end and answered, in the order the answers were made.
+    pub fn sha256_bodies(&self) -> Vec<(u64, String)> {
+        lock(&self.state.sha256_bodies).clone()
+    }
+
+    /// The value (the first, as text) of header `name` on every request received so far
+    /// that carried it, health probes excluded, in arrival order. Requests without the
+    /// header are skipped: compare the length with [`Listening::requests`] to see them.
+    pub fn seen_header_values(&self, name: &str) -> Vec<String> {
+        lock(&self.state.seen_headers)
+            .iter()
+            .filter_map(|headers| headers.get(name))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
     /// Stops the server and re-raises the first panic of a handler, if any.
     ///
     /// # Panics
@@ -321,7 +429,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         let shutdown = shutdown.clone();
-                        async move { Ok::<_, Infallible>(handle_catching(state, req, shutdown).await) }
+                        async move { handle_catching(state, req, shutdown).await }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     if let Err(error) = builder.serve_connection(TokioIo::new(stream), svc).await {
@@ -335,12 +443,13 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
     }
 }
 
-/// Runs the handler, turning a panic into a recorded failure and a 500.
+/// Runs the handler, turning a panic into a recorded failure and a 500. An `Err` breaks the
+/// exchange (see [`Reset`]).
 async fn handle_catching(
     state: Arc<State>,
     req: Request<Incoming>,
     shutdown: watch::Receiver<bool>,
-) -> Response<Body> {
+) -> Result<Response<Body>, Reset> {
     match AssertUnwindSafe(handle(state.clone(), req, shutdown))
         .catch_unwind()
         .await
@@ -355,7 +464,7 @@ async fn handle_catching(
             lock(&state.panic).get_or_insert(msg);
             let mut resp = Response::new(full("fake model handler panicked"));
             *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            resp
+            Ok(resp)
         }
     }
 }
@@ -364,23 +473,24 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     shutdown: watch::Receiver<bool>,
-) -> Response<Body> {
-    let mut resp = answer(&state, req, shutdown).await;
+) -> Result<Response<Body>, Reset> {
+    let mut resp = answer(&state, req, shutdown).await?;
     resp.headers_mut().insert(
         SERVER_HEADER,
         HeaderValue::from_str(&state.name).expect("fake model names are valid header values"),
     );
-    resp
+    Ok(resp)
 }
 
-/// The answer to one request, before the `x-fake-model` header is added.
+/// The answer to one request, before the `x-fake-model` header is added; `Err` breaks the
+/// exchange.
 async fn answer(
     state: &Arc<State>,
     req: Request<Incoming>,
     shutdown: watch::Receiver<bool>,
-) -> Response<Body> {
+) -> Result<Response<Body>, Reset> {
     if HEALTH_PATHS.contains(&req.uri().path()) {
-        return health(state);
+        return Ok(health(state));
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
     let seen = SeenRequest {
@@ -389,23 +499,34 @@ async fn answer(
         version: req.version(),
         headers: req.headers().clone(),
     };
+    lock(&state.seen_headers).push(seen.headers.clone());
     *lock(&state.last) = Some(seen.clone());
+
+    if let Some(status) = take_fail_next(state) {
+        // The whole body first, so the client has sent everything before it sees the answer.
+        let _read = read_body(req.into_body()).await;
+        let mut resp = text(state.name.clone());
+        *resp.status_mut() = status;
+        return Ok(resp);
+    }
 
     let failing = state.fail_with.load(Ordering::SeqCst);
     if failing != 0 {
         let mut resp = text(state.name.clone());
         *resp.status_mut() =
             StatusCode::from_u16(failing).expect("fail_with stores valid statuses");
-        return resp;
+        return Ok(resp);
     }
 
     let query = parse_query(req.uri().query());
     let path = req.uri().path().to_owned();
-    match path.as_str() {
+    let resp = match path.as_str() {
         "/echo" => echo(req),
         "/headers" => headers_json(state, &seen),
         "/sha256" => sha256(state, req).await,
+        "/reset-after-read" => return reset_after_read(state, req).await,
         "/download" => download(query.get("bytes").map_or(0, |n| parse_num(n))),
+        "/truncate" => truncate(query.get("bytes").map_or(0, |n| parse_num(n))),
         "/sse" => sse(
             state,
             query.get("chunks").map_or(1, |n| parse_num(n)),
@@ -422,7 +543,47 @@ async fn answer(
             Some(code) => with_status(state, code),
             None => text(state.name.clone()),
         },
+    };
+    Ok(resp)
+}
+
+/// Consumes one request of [`Listening::fail_next`]: the status to answer, if armed.
+fn take_fail_next(state: &State) -> Option<StatusCode> {
+    let mut fail = lock(&state.fail_next);
+    if fail.remaining == 0 {
+        return None;
     }
+    fail.remaining -= 1;
+    Some(fail.status)
+}
+
+/// `/reset-after-read`: resets after reading the body while armed, else `/sha256`.
+async fn reset_after_read(state: &State, req: Request<Incoming>) -> Result<Response<Body>, Reset> {
+    let armed = state
+        .reset_after_read
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if !armed {
+        return Ok(sha256(state, req).await);
+    }
+    // A body that fails to arrive whole is not recorded: the test sees what was read whole.
+    if let Ok(read) = read_body(req.into_body()).await {
+        lock(&state.reset_bodies).push(read);
+    }
+    Err(Reset)
+}
+
+/// Reads a body to its end, streaming: `(bytes, hex sha256)`.
+async fn read_body(mut body: Incoming) -> Result<(u64, String), hyper::Error> {
+    let mut hasher = Sha256::new();
+    let mut bytes: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            hasher.update(data);
+            bytes += data.len() as u64;
+        }
+    }
+    Ok((bytes, pattern::hex(&hasher.finalize())))
 }
 
 /// A health probe: counted apart, answered with the status of [`Listening::set_health`].
@@ -470,27 +631,18 @@ fn headers_json(state: &State, seen: &SeenRequest) -> Response<Body> {
 }
 
 async fn sha256(state: &State, req: Request<Incoming>) -> Response<Body> {
-    let mut body = req.into_body();
-    let mut hasher = Sha256::new();
-    let mut bytes: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    hasher.update(data);
-                    bytes += data.len() as u64;
-                }
-            }
-            Err(error) => {
-                let mut resp = text(format!("reading the body failed: {error}"));
-                *resp.status_mut() = StatusCode::BAD_REQUEST;
-                return resp;
-            }
+    let (bytes, sha256) = match read_body(req.into_body()).await {
+        Ok(read) => read,
+        Err(error) => {
+            let mut resp = text(format!("reading the body failed: {error}"));
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            return resp;
         }
-    }
+    };
+    lock(&state.sha256_bodies).push((bytes, sha256.clone()));
     json(&serde_json::json!({
         "server": state.name,
-        "sha256": pattern::hex(&hasher.finalize()),
+        "sha256": sha256,
         "bytes": bytes,
     }))
 }
@@ -505,6 +657,26 @@ fn download(len: u64) -> Response<Body> {
         Some((Ok::<_, BoxError>(frame), offset + n as u64))
     });
     let mut resp = Response::new(StreamBody::new(chunks).boxed());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+/// `len` bytes of the pattern, then a body error instead of the end.
+fn truncate(len: u64) -> Response<Body> {
+    let data = futures_util::stream::iter(
+        (len > 0).then(|| Ok::<_, BoxError>(Frame::data(pattern::bytes_at(0, len as usize)))),
+    );
+    // Pending once before the error, so hyper flushes the head and the data first (an
+    // HTTP/1.1 head is written together with the body frames that follow it at once).
+    let broken = futures_util::stream::once(async {
+        tokio::task::yield_now().await;
+        Err::<Frame<Bytes>, BoxError>(BoxError::from(Reset))
+    });
+    let mut resp =
+        Response::new(StreamBody::new(futures_util::StreamExt::chain(data, broken)).boxed());
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

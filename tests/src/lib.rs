@@ -4,16 +4,20 @@
 //! collide on ports:
 //!
 //! - [`fake_model`]: an HTTP/1.1 + h2c upstream whose behaviour is picked by the request path
-//!   (`/echo`, `/headers`, `/sha256`, `/download`, `/sse`, `/hang`, `/status/{code}`, the
-//!   health paths, and a default that answers with the server's name), with run-time
-//!   switches for its health status and for failing every request.
-//! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors) and
-//!   `grpc.health.v1.Health` (a serving status the test flips).
+//!   (`/echo`, `/headers`, `/sha256`, `/reset-after-read`, `/download`, `/sse`, `/hang`,
+//!   `/status/{code}`, the health paths, and a default that answers with the server's name),
+//!   with run-time switches for its health status, for failing every request or the next
+//!   few, and for resetting after reading a body.
+//! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors,
+//!   armed `UNAVAILABLE` answers) and `grpc.health.v1.Health` (a serving status the test
+//!   flips).
+//! - [`black_hole`]: a TCP server that accepts connections and never reads nor writes.
 //! - [`router`]: spawns the real `router` binary on a rule set in a temp dir and talks to its
 //!   admin API.
 //! - [`lightbulb`]: the same for the real `lightbulb` binary (gRPC and HTTP APIs).
 //! - [`process`]: what both share: locating a workspace binary, spawning it with its output
-//!   captured, waiting for its listening line, SIGTERM, exit, kill on drop.
+//!   captured, waiting for its listening line, SIGTERM, exit, kill on drop; reading a
+//!   process's resident memory.
 //! - [`client`]: small hyper client helpers (HTTP/1.1 and h2c, streaming bodies).
 //! - [`pattern`]: deterministic pseudo-random bytes, so large bodies are compared by hash
 //!   without holding them in memory.
@@ -22,6 +26,7 @@
 //! deadline that only exists to turn a hang into a readable failure; no test sleeps to
 //! synchronise and no test asserts on timing.
 
+pub mod black_hole;
 pub mod client;
 pub mod etcd;
 pub mod fake_grpc;
@@ -35,6 +40,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use black_hole::BlackHole;
 pub use client::{Collected, HttpClient};
 pub use fake_grpc::{FakeGrpc, GrpcListening};
 pub use fake_model::{FakeModel, Listening, SeenRequest};

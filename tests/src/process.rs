@@ -9,7 +9,8 @@
 //! - [`ServiceProcess`] owns the child and its captured stdout/stderr: it waits for the
 //!   listening line with a deadline (or for a refused start), sends SIGTERM, waits for the
 //!   exit, and kills the process on drop, printing its output when a test panics.
-//! - [`write_text_atomically`] replaces a watched file; [`metric_value`] reads Prometheus text.
+//! - [`write_text_atomically`] replaces a watched file; [`metric_value`] reads Prometheus text;
+//!   [`rss_bytes`] reads a process's resident memory.
 
 use std::io::{BufRead as _, BufReader, Read};
 use std::net::SocketAddr;
@@ -608,6 +609,32 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     sum
 }
 
+/// The resident set size of process `pid` in bytes: `VmRSS` of `/proc/PID/status`.
+///
+/// # Panics
+///
+/// When the file cannot be read (no such process, or not Linux) or has no `VmRSS` line.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    parse_vm_rss(&status).unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"))
+}
+
+/// `VmRSS:   1234 kB` of a `/proc/PID/status` text, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let mut words = line.split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    let unit = match words.next().unwrap_or("kB") {
+        "B" => 1,
+        "kB" => 1024,
+        "mB" | "MB" => 1024 * 1024,
+        "gB" | "GB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    Some(value * unit)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -635,6 +662,17 @@ mod tests {
         assert_eq!(
             metric_value(text, "router_requests_total", &[("route", "b")]),
             None
+        );
+    }
+
+    #[test]
+    fn the_resident_set_size_is_read_from_proc_status() {
+        let status = "Name:\trouter\nVmPeak:\t  9000 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(
+            rss_bytes(std::process::id()) > 0,
+            "this process has resident memory"
         );
     }
 }

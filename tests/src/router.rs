@@ -18,7 +18,7 @@ use http::{Method, header};
 use tempfile::TempDir;
 
 use crate::client::{self, Collected, HttpClient};
-pub use crate::process::{FailedStart, metric_value};
+pub use crate::process::{FailedStart, metric_value, rss_bytes};
 use crate::process::{Service, ServiceProcess, rule_set_text, write_text_atomically};
 use crate::{DEADLINE, wait_until};
 
@@ -129,6 +129,15 @@ impl RouterProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// The router's resident set size in bytes (see [`rss_bytes`]).
+    ///
+    /// # Panics
+    ///
+    /// When `/proc/PID/status` cannot be read (the process is gone, or not Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
     }
 
     /// `http://PROXY{path}`.

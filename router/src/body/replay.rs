@@ -57,16 +57,12 @@ struct State {
 struct Superseded;
 
 impl Replayer {
-    /// A replayable body over the client's `source` (`None`: no body), keeping at most `cap`
-    /// bytes.
-    pub fn new(source: Option<Source>, cap: u64) -> Self {
-        let (hint, source_done) = match &source {
-            Some(s) => (s.size_hint(), s.is_done()),
-            None => (SizeHint::with_exact(0), true),
-        };
+    /// A replayable body over the client's `source`, keeping at most `cap` bytes.
+    pub fn new(source: Source, cap: u64) -> Self {
+        let (hint, source_done) = (source.size_hint(), source.is_done());
         Replayer {
             state: Arc::new(Mutex::new(State {
-                source,
+                source: Some(source),
                 chunks: Vec::new(),
                 kept: 0,
                 cap,

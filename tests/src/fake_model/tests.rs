@@ -403,3 +403,159 @@ async fn the_grpc_fake_reports_the_serving_status_the_test_sets() {
     assert_eq!(fake.health_probes(), 6);
     assert_eq!(fake.requests(), 0, "health calls are not echo requests");
 }
+
+#[tokio::test]
+async fn fail_next_fails_only_the_next_requests_after_reading_their_bodies() {
+    let fake = FakeModel::new().name("fn").start().await;
+    let len = 1024 * 1024 + 5;
+    both_versions(async |client, _| {
+        let before = fake.requests();
+        fake.fail_next(2, 503);
+        for path in ["/sha256", "/hang"] {
+            let req = client::request(Method::POST, fake.addr, path)
+                .body(client::pattern_body(len))
+                .unwrap();
+            let resp = within(path, STEP, client.fetch(req)).await;
+            assert_eq!(resp.status, 503, "{path}");
+            assert_eq!(resp.text(), "fn", "{path}");
+            assert_eq!(resp.header(SERVER_HEADER).as_deref(), Some("fn"));
+        }
+        assert_eq!(fake.fail_next_remaining(), 0);
+        let probe = client.get(fake.addr, "/healthz", None).await;
+        assert_eq!(probe.status, 200, "health probes are not failed");
+        let req = client::request(Method::POST, fake.addr, "/sha256")
+            .body(client::pattern_body(len))
+            .unwrap();
+        let resp = within("the request after", STEP, client.fetch(req)).await;
+        assert_eq!(resp.status, 200, "normal behaviour is back");
+        assert_eq!(resp.json()["sha256"], crate::pattern::sha256_hex(len));
+        assert_eq!(fake.requests(), before + 3, "failed requests are counted");
+    })
+    .await;
+    assert_eq!(
+        fake.sha256_bodies(),
+        vec![(len, crate::pattern::sha256_hex(len)); 2],
+        "only the answered /sha256 bodies are recorded"
+    );
+    fake.join().await;
+}
+
+#[tokio::test]
+async fn reset_after_read_reads_the_whole_body_then_breaks_the_exchange_while_armed() {
+    let fake = FakeModel::new().name("r").start().await;
+    let len = 2 * 1024 * 1024 + 9;
+    let sha = crate::pattern::sha256_hex(len);
+    both_versions(async |client, version| {
+        fake.reset_after_read(1);
+        let req = client::request(Method::POST, fake.addr, "/reset-after-read")
+            .body(client::pattern_body(len))
+            .unwrap();
+        let broken = within("the reset request", STEP, client.send(req)).await;
+        assert!(
+            broken.is_err(),
+            "{version:?}: no response while armed, got {:?}",
+            broken.map(|r| r.status())
+        );
+        assert_eq!(fake.resets_remaining(), 0);
+
+        let req = client::request(Method::POST, fake.addr, "/reset-after-read")
+            .body(client::pattern_body(len))
+            .unwrap();
+        let resp = within("the request after", STEP, client.fetch(req)).await;
+        assert_eq!(resp.status, 200, "{version:?}: disarmed, it is /sha256");
+        let json = resp.json();
+        assert_eq!(json["bytes"], len);
+        assert_eq!(json["sha256"], sha);
+        assert_eq!(json["server"], "r");
+    })
+    .await;
+    assert_eq!(fake.reset_bodies(), vec![(len, sha.clone()); 2]);
+    assert_eq!(fake.sha256_bodies(), vec![(len, sha); 2]);
+    assert_eq!(fake.requests(), 4);
+    fake.join().await;
+}
+
+#[tokio::test]
+async fn every_requests_header_values_are_recorded_in_order() {
+    let fake = FakeModel::new().start().await;
+    let client = HttpClient::http1();
+    for value in [Some("one"), None, Some("two")] {
+        let mut req = client::request(Method::GET, fake.addr, "/");
+        if let Some(value) = value {
+            req = req.header("x-subject-id", value);
+        }
+        client.fetch(req.body(client::empty()).unwrap()).await;
+    }
+    client.get(fake.addr, "/healthz", None).await;
+    assert_eq!(fake.seen_header_values("x-subject-id"), ["one", "two"]);
+    assert!(fake.seen_header_values("x-absent").is_empty());
+    assert_eq!(fake.requests(), 3);
+}
+
+#[tokio::test]
+async fn the_grpc_fake_fails_the_next_unary_calls_with_unavailable_when_armed() {
+    let fake = FakeGrpc::new().name("g").start().await;
+    let mut client = EchoClient::connect(format!("http://{}", fake.addr))
+        .await
+        .unwrap();
+    fake.fail_next_unavailable(2);
+    for _ in 0..2 {
+        let status = within(
+            "a failed Say",
+            STEP,
+            client.say(SayRequest {
+                message: "hi".into(),
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), crate::fake_grpc::UNAVAILABLE_MESSAGE);
+    }
+    let reply = within(
+        "a Say after",
+        STEP,
+        client.say(SayRequest {
+            message: "hi".into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(reply.server, "g");
+    assert_eq!(fake.requests(), 3, "failed calls are counted");
+}
+
+#[tokio::test]
+async fn truncate_breaks_the_body_after_the_bytes_asked_for() {
+    let fake = FakeModel::new().start().await;
+    both_versions(async |client, version| {
+        let resp = within(
+            "the truncate head",
+            STEP,
+            client.send(
+                client::request(Method::GET, fake.addr, "/truncate?bytes=1000")
+                    .body(client::empty())
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let end = within("the broken body", STEP, async {
+            loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => got.extend_from_slice(frame.data_ref().unwrap()),
+                    Some(Err(error)) => return Err(error),
+                    None => return Ok(()),
+                }
+            }
+        })
+        .await;
+        assert!(end.is_err(), "{version:?}: the body must not end cleanly");
+        assert_eq!(got, crate::pattern::bytes_at(0, 1000), "{version:?}");
+    })
+    .await;
+}

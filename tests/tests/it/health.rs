@@ -26,8 +26,8 @@ use tonic::transport::Channel;
 
 use crate::support::{
     CLIENT_VERSIONS, cluster_in, cluster_state, endpoint_in, endpoint_state, expect_end,
-    expect_router_error, fetch, get, keyed, read_exactly, served_by, spread, wait_for_cluster,
-    wait_for_endpoint,
+    expect_router_error, fetch, get, keyed, read_exactly, refused_naming, served_by, spread,
+    wait_for_cluster, wait_for_endpoint,
 };
 
 /// Failed probes in a row that make an endpoint unhealthy, in every health check here.
@@ -1103,25 +1103,6 @@ async fn a_backend_killed_under_load_fails_at_most_the_requests_in_flight_to_it(
 }
 
 // === validation ===
-
-/// Starts the router on `rule_set`, expecting a refusal whose stderr names `path` and
-/// mentions each of `details`.
-async fn refused_naming(rule_set: Value, path: &str, details: &[&str]) {
-    let failed = RouterProcess::start_expecting_failure(&rule_set).await;
-    assert!(!failed.status.success(), "exit status {}", failed.status);
-    assert!(
-        failed.stderr.contains(path),
-        "stderr names the JSON path {path}:\n{}",
-        failed.stderr
-    );
-    for detail in details {
-        assert!(
-            failed.stderr.contains(detail),
-            "stderr mentions {detail:?}:\n{}",
-            failed.stderr
-        );
-    }
-}
 
 #[tokio::test]
 async fn the_router_refuses_a_health_check_whose_timeout_is_not_below_its_interval() {

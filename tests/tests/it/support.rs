@@ -104,6 +104,45 @@ pub async fn fetch(client: &HttpClient, req: http::Request<Body>) -> Collected {
     within("a response", DEADLINE, client.fetch(req)).await
 }
 
+/// `POST path` with `key` and the first `len` bytes of the pattern as a streamed body, read
+/// to the end (allowed four deadlines: large bodies through a debug build take a while).
+pub async fn post_pattern(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    len: u64,
+) -> Collected {
+    let req = keyed(Method::POST, addr, path, key)
+        .body(client::pattern_body(len))
+        .expect("a valid request");
+    within(
+        &format!("POST {path} of {len} bytes with key {key}"),
+        4 * DEADLINE,
+        client.fetch(req),
+    )
+    .await
+}
+
+/// Starts the router on `rule_set`, expecting a refusal whose stderr names `path` and
+/// mentions each of `details`.
+pub async fn refused_naming(rule_set: Value, path: &str, details: &[&str]) {
+    let failed = RouterProcess::start_expecting_failure(&rule_set).await;
+    assert!(!failed.status.success(), "exit status {}", failed.status);
+    assert!(
+        failed.stderr.contains(path),
+        "stderr names the JSON path {path}:\n{}",
+        failed.stderr
+    );
+    for detail in details {
+        assert!(
+            failed.stderr.contains(detail),
+            "stderr mentions {detail:?}:\n{}",
+            failed.stderr
+        );
+    }
+}
+
 /// Reads data from `body` until it holds `expected`'s length in bytes, and checks it equals
 /// `expected` (frames may be split or merged on the way).
 pub async fn read_exactly(body: &mut Incoming, expected: &[u8], what: &str) {

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Instructions per request of the router under callgrind: the bare rule set, the endpoint
+# health blocks alone (health check, outlier detection, circuit breaker on every cluster),
+# and the whole production rule set (the same plus a retry policy with the replay buffer on
+# every route). The noise-free figure for small changes (wall-clock CPU drifts run to run).
+#
+# For each rule set the router runs twice under callgrind, serving N1 and N2 requests
+# (h2load, HTTP/1.1 or h2c); instructions per request = (total(N2) - total(N1)) / (N2 - N1),
+# so start-up and shutdown cancel out. The production set's health checks probe every 60 s
+# here, so the background probes (one per second per endpoint in the harness) do not skew
+# the per-request slope under valgrind's slow clock.
+#
+# Usage: benches/harness/callgrind.sh [h1|h2] [N1] [N2]    (needs benches/harness/install.sh,
+#        valgrind, and target/release/router)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+PY="${PYTHON:-python3}"
+PROTO="${1:-h1}"
+N1="${2:-2000}"
+N2="${3:-12000}"
+ROUTER_BIN="${ROUTER_BIN:-$ROOT/target/release/router}"
+PORT=18771
+ADMIN=18772
+
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind not found (apt-get install valgrind)" >&2; exit 1; }
+[[ -x "$ROUTER_BIN" ]] || { echo "callgrind.sh: $ROUTER_BIN missing (cargo build --release -p router)" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/callgrind.XXXXXX")"
+UPSTREAM=""
+cleanup() {
+    [[ -n "$UPSTREAM" ]] && kill "$UPSTREAM" 2>/dev/null && wait "$UPSTREAM" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$PY" "$HERE/harness.py" gen-upstream "$WORK"
+"$PY" "$HERE/harness.py" gen "$WORK" small 4
+KEY="$(cat "$WORK/key-small.txt")"
+# The production set with slow probes (see above).
+"$PY" - "$WORK" <<'EOF'
+import json, sys
+wd = sys.argv[1]
+rules = json.load(open(f"{wd}/router-prod-small.json"))
+for c in rules["clusters"].values():
+    c["health_check"]["interval_ms"] = 60000
+json.dump(rules, open(f"{wd}/router-prod-slow-probes.json", "w"))
+# The same without the retry policy: the endpoint-health blocks alone.
+for r in rules["routes"].values():
+    r.pop("retry", None)
+json.dump(rules, open(f"{wd}/router-health-slow-probes.json", "w"))
+EOF
+nginx -c "$WORK/nginx-upstream.conf" -e "$WORK/nginx-upstream.error.log" -p "$WORK/nginx-upstream" &
+UPSTREAM=$!
+for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:19001/" 2>/dev/null && break; sleep 0.1; done
+
+h2flag=(--h1)
+[[ "$PROTO" == h2 ]] && h2flag=()
+
+# total_instructions CONFIG N: callgrind's total for a router that served N requests.
+total_instructions() {
+    local config="$1" n="$2" out="$WORK/cg.out" log="$WORK/router.log"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$ROUTER_BIN" --config "$config" \
+        --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --workers 1 >"$log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 600); do grep -q "router listening" "$log" && break; sleep 0.1; done
+    h2load "${h2flag[@]}" -n "$n" -c 4 -m 1 -H "x-routing-key: $KEY" "http://127.0.0.1:$PORT/" >/dev/null
+    kill -INT "$pid"
+    wait "$pid" || true
+    grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'
+}
+
+printf '%-14s %14s %14s %12s\n' "rule set" "I($N1)" "I($N2)" "instr/req"
+for set in bare health prod; do
+    config="$WORK/router-small.json"
+    [[ "$set" == health ]] && config="$WORK/router-health-slow-probes.json"
+    [[ "$set" == prod ]] && config="$WORK/router-prod-slow-probes.json"
+    a="$(total_instructions "$config" "$N1")"
+    b="$(total_instructions "$config" "$N2")"
+    per=$(( (b - a) / (N2 - N1) ))
+    printf '%-14s %14s %14s %12s\n' "$set" "$a" "$b" "$per"
+    eval "PER_$set=$per"
+done
+awk -v p="$PER_prod" -v h="$PER_health" -v b="$PER_bare" \
+    'BEGIN { printf "health / bare: %.3f   prod / bare: %.3f\n", h / b, p / b }'
