@@ -2,7 +2,8 @@
 # Instructions per request of the router under callgrind: the bare rule set, the endpoint
 # health blocks alone (health check, outlier detection, circuit breaker on every cluster),
 # and the whole production rule set (the same plus a retry policy with the replay buffer on
-# every route). The noise-free figure for small changes (wall-clock CPU drifts run to run).
+# every route), and the bare set mirroring every request to another cluster. The noise-free
+# figure for small changes (wall-clock CPU drifts run to run).
 #
 # For each rule set the router runs twice under callgrind, serving N1 and N2 requests
 # (h2load, HTTP/1.1 or h2c); instructions per request = (total(N2) - total(N1)) / (N2 - N1),
@@ -50,6 +51,13 @@ json.dump(rules, open(f"{wd}/router-prod-slow-probes.json", "w"))
 for r in rules["routes"].values():
     r.pop("retry", None)
 json.dump(rules, open(f"{wd}/router-health-slow-probes.json", "w"))
+# The bare set with every request of every key mirrored (100 %) to the next cluster.
+bare = json.load(open(f"{wd}/router-small.json"))
+for r in bare["routes"].values():
+    c = r["cluster"]
+    if c.startswith("c"):
+        r["mirror"] = {"cluster": f"c{(int(c[1:]) + 1) % 4}", "sample_percent": 100}
+json.dump(bare, open(f"{wd}/router-mirror.json", "w"))
 EOF
 nginx -c "$WORK/nginx-upstream.conf" -e "$WORK/nginx-upstream.error.log" -p "$WORK/nginx-upstream" &
 UPSTREAM=$!
@@ -72,8 +80,9 @@ total_instructions() {
 }
 
 printf '%-14s %14s %14s %12s\n' "rule set" "I($N1)" "I($N2)" "instr/req"
-for set in bare health prod; do
+for set in bare health prod mirror; do
     config="$WORK/router-small.json"
+    [[ "$set" == mirror ]] && config="$WORK/router-mirror.json"
     [[ "$set" == health ]] && config="$WORK/router-health-slow-probes.json"
     [[ "$set" == prod ]] && config="$WORK/router-prod-slow-probes.json"
     a="$(total_instructions "$config" "$N1")"
@@ -82,5 +91,5 @@ for set in bare health prod; do
     printf '%-14s %14s %14s %12s\n' "$set" "$a" "$b" "$per"
     eval "PER_$set=$per"
 done
-awk -v p="$PER_prod" -v h="$PER_health" -v b="$PER_bare" \
-    'BEGIN { printf "health / bare: %.3f   prod / bare: %.3f\n", h / b, p / b }'
+awk -v p="$PER_prod" -v h="$PER_health" -v b="$PER_bare" -v m="$PER_mirror" \
+    'BEGIN { printf "health / bare: %.3f   prod / bare: %.3f   mirror 100%% / bare: %.3f\n", h / b, p / b, m / b }'

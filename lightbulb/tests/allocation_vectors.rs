@@ -112,7 +112,7 @@ fn the_fixture_is_what_this_crate_generates() {
         }
     }
     let fixture = json!({
-        "description": "lightbulb allocation vectors: hash = fmix64(fnv1a64(salt ++ 0x00 ++ subject)) as 16 hex digits, bucket = hash % 10000, cell = the cell whose range (cells in ascending name order, percent x 100 buckets each) holds the bucket. See lightbulb/src/allocation.rs.",
+        "description": "lightbulb allocation vectors: hash = fmix64(fnv1a64(salt ++ 0x00 ++ subject)) as 16 hex digits, bucket = hash % 10000, cell = the cell whose range (cells in ascending name order, percent x 100 buckets each) holds the bucket. See models-config/src/allocation.rs.",
         "vectors": vectors,
     });
     let path = concat!(

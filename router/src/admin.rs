@@ -211,6 +211,7 @@ fn cluster_json(c: &Cluster) -> serde_json::Value {
         "circuit_breaker": c.breaker.as_ref().map(|b| &b.spec),
         "active_requests": in_flight.unwrap_or_else(|| c.endpoints.iter().map(|h| h.active_requests()).sum()),
         "pending_requests": pending.unwrap_or(0),
+        "retries_in_flight": c.state.retries.load(Ordering::Relaxed),
         "endpoints": endpoints,
     })
 }
