@@ -142,7 +142,8 @@ impl OutlierPolicy {
         let n = hosts.len();
         let within_percent = (ejected + 1) * 100 <= self.max_percent as usize * n;
         if !within_percent || ejected + 1 >= n {
-            tracing::warn!(
+            // Per request when a whole cluster fails: debug, not warn.
+            tracing::debug!(
                 cluster = %cluster,
                 endpoint = %host.address,
                 reason = reason.as_str(),

@@ -7,35 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use http::Method;
 use integration_tests::client::{self, ROUTING_KEY};
 use integration_tests::fake_model::SERVER_HEADER;
-use integration_tests::{DeadPort, FakeModel, HttpClient, Listening, RouterProcess, trace_init};
-use serde_json::{Value, json};
+use integration_tests::{DeadPort, FakeModel, HttpClient, RouterProcess, trace_init};
+use serde_json::json;
 
-use crate::support::{CLIENT_VERSIONS, fetch, served_by, spread};
-
-async fn fakes(names: &[&str]) -> Vec<Listening> {
-    let mut out = Vec::new();
-    for name in names {
-        out.push(FakeModel::new().name(*name).start().await);
-    }
-    out
-}
-
-/// A router with one route `k` to a cluster of `endpoints` with `policy` (and `extra` fields).
-async fn router_with(endpoints: Vec<Value>, policy: &str, extra: Value) -> RouterProcess {
-    let mut cluster = json!({ "endpoints": endpoints, "lb_policy": policy });
-    if let (Some(c), Some(e)) = (cluster.as_object_mut(), extra.as_object()) {
-        c.extend(e.clone());
-    }
-    RouterProcess::start(&json!({
-        "clusters": { "c": cluster },
-        "routes": { "k": { "cluster": "c" } },
-    }))
-    .await
-}
-
-fn addresses(fakes: &[Listening]) -> Vec<Value> {
-    fakes.iter().map(|f| json!(f.endpoint())).collect()
-}
+use crate::support::{
+    CLIENT_VERSIONS, addresses, fakes, fetch, one_cluster_router, served_by, spread,
+};
 
 fn count(counts: &BTreeMap<String, usize>, name: &str) -> usize {
     counts.get(name).copied().unwrap_or(0)
@@ -45,7 +22,7 @@ fn count(counts: &BTreeMap<String, usize>, name: &str) -> usize {
 async fn round_robin_alternates_between_two_endpoints_whatever_the_connection() {
     let _trace = trace_init();
     let f = fakes(&["a", "b"]).await;
-    let router = router_with(addresses(&f), "round_robin", json!({})).await;
+    let router = one_cluster_router(addresses(&f), "round_robin", &json!({})).await;
 
     // Sequential requests over three clients (a fresh HTTP/1.1 connection each time, a pooled
     // HTTP/1.1 connection and an h2c connection): the order is the cluster's, not a
@@ -73,7 +50,7 @@ async fn weighted_round_robin_follows_the_weights() {
         json!({ "address": f[0].endpoint(), "weight": 1 }),
         json!({ "address": f[1].endpoint(), "weight": 3 }),
     ];
-    let router = router_with(endpoints, "weighted_round_robin", json!({})).await;
+    let router = one_cluster_router(endpoints, "weighted_round_robin", &json!({})).await;
 
     let counts = spread(&HttpClient::http1(), router.proxy_addr, "k", 400).await;
     // Exactly 100:300 for a smooth weighted round robin; allow a little slack.
@@ -86,7 +63,7 @@ async fn weighted_round_robin_follows_the_weights() {
 async fn random_spreads_requests_over_every_endpoint() {
     let _trace = trace_init();
     let f = fakes(&["a", "b", "c"]).await;
-    let router = router_with(addresses(&f), "random", json!({})).await;
+    let router = one_cluster_router(addresses(&f), "random", &json!({})).await;
 
     let counts = spread(&HttpClient::http1(), router.proxy_addr, "k", 300).await;
     // Binomial(300, 1/3): mean 100, sd 8.2; 50 is six sd below.
@@ -102,7 +79,7 @@ async fn random_spreads_requests_over_every_endpoint() {
 async fn least_request_spreads_sequential_requests_over_every_endpoint() {
     let _trace = trace_init();
     let f = fakes(&["a", "b", "c"]).await;
-    let router = router_with(addresses(&f), "least_request", json!({})).await;
+    let router = one_cluster_router(addresses(&f), "least_request", &json!({})).await;
 
     // With every endpoint idle, the two choices are a random pair and the pick among equals is
     // random too: every endpoint gets a fair share (a pick of "the first of the pair" would
@@ -131,10 +108,10 @@ async fn served_for_session(client: &HttpClient, router: &RouterProcess, value: 
 async fn hash_policy_is_sticky_and_spreads(policy: &str) {
     let _trace = trace_init();
     let f = fakes(&["a", "b", "c"]).await;
-    let router = router_with(
+    let router = one_cluster_router(
         addresses(&f),
         policy,
-        json!({ "hash_header": "x-session-id" }),
+        &json!({ "hash_header": "x-session-id" }),
     )
     .await;
 
@@ -186,10 +163,10 @@ async fn one_dead_endpoint_of_two_costs_no_request() {
     let alive = FakeModel::new().name("alive").start().await;
     let dead = DeadPort::new();
     for policy in ["round_robin", "random", "least_request"] {
-        let router = router_with(
+        let router = one_cluster_router(
             vec![json!(alive.endpoint()), json!(dead.addr().to_string())],
             policy,
-            json!({}),
+            &json!({}),
         )
         .await;
         for version in CLIENT_VERSIONS {
@@ -211,10 +188,10 @@ async fn a_hash_policy_with_a_dead_endpoint_costs_no_request() {
     let _trace = trace_init();
     let alive = FakeModel::new().name("alive").start().await;
     let dead = DeadPort::new();
-    let router = router_with(
+    let router = one_cluster_router(
         vec![json!(alive.endpoint()), json!(dead.addr().to_string())],
         "ring_hash",
-        json!({ "hash_header": "x-session-id" }),
+        &json!({ "hash_header": "x-session-id" }),
     )
     .await;
     let client = HttpClient::http1();
@@ -230,7 +207,7 @@ async fn a_hash_policy_with_a_dead_endpoint_costs_no_request() {
 async fn least_request_sends_each_new_request_to_the_less_loaded_endpoint() {
     let _trace = trace_init();
     let f = fakes(&["a", "b"]).await;
-    let router = router_with(addresses(&f), "least_request", json!({})).await;
+    let router = one_cluster_router(addresses(&f), "least_request", &json!({})).await;
 
     // Held requests (SSE streams not yet released) stay active on their endpoint. With two
     // endpoints the two choices are both endpoints, so every new request goes to the one with

@@ -3,13 +3,15 @@
 //! through; the router's own errors are gRPC statuses.
 
 use integration_tests::fake_grpc::pb::echo_client::EchoClient;
-use integration_tests::fake_grpc::pb::{CountReply, CountRequest, SayReply, SayRequest};
+use integration_tests::fake_grpc::pb::{CountReply, CountRequest, SayRequest};
 use integration_tests::{
     DEADLINE, DeadPort, FakeGrpc, GrpcListening, RouterProcess, trace_init, within,
 };
 use serde_json::json;
 use tonic::Streaming;
 use tonic::transport::Channel;
+
+use crate::support::{echo_client, keyed_call, say};
 
 /// A router with routes `echo` (h2c cluster), `echo-auto` (auto cluster) and `dead` (a
 /// cluster whose only endpoint refuses connections; keep the `DeadPort` alive).
@@ -31,41 +33,6 @@ async fn router_for(upstream: &GrpcListening) -> (RouterProcess, DeadPort) {
     (router, dead)
 }
 
-async fn client_of(router: &RouterProcess) -> EchoClient<Channel> {
-    within(
-        "connecting a tonic client to the router",
-        DEADLINE,
-        EchoClient::connect(router.proxy_url("")),
-    )
-    .await
-    .expect("connect to the router over h2c")
-}
-
-fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut()
-        .insert("x-routing-key", key.parse().expect("a valid key"));
-    req
-}
-
-/// `Say(message)` with routing key `key`, awaited within the deadline (`what` names it).
-async fn say(
-    client: &mut EchoClient<Channel>,
-    what: &str,
-    key: &str,
-    message: &str,
-) -> Result<SayReply, tonic::Status> {
-    let request = keyed(
-        SayRequest {
-            message: message.into(),
-        },
-        key,
-    );
-    within(what, DEADLINE, client.say(request))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// `Count(n, fail_after)` with routing key `key`, awaited within the deadline up to the
 /// response headers (`what` names it).
 async fn count(
@@ -75,7 +42,7 @@ async fn count(
     n: u32,
     fail_after: u32,
 ) -> Result<Streaming<CountReply>, tonic::Status> {
-    let request = keyed(CountRequest { n, fail_after }, key);
+    let request = keyed_call(CountRequest { n, fail_after }, key);
     within(what, DEADLINE, client.count(request))
         .await
         .map(tonic::Response::into_inner)
@@ -86,7 +53,7 @@ async fn a_unary_call_passes_through_the_router() {
     let _trace = trace_init();
     let upstream = FakeGrpc::new().name("echo-1").start().await;
     let (router, _dead) = router_for(&upstream).await;
-    let mut client = client_of(&router).await;
+    let mut client = echo_client(&router).await;
 
     for key in ["echo", "echo-auto"] {
         let reply = say(&mut client, "Say", key, &format!("hello {key}"))
@@ -103,7 +70,7 @@ async fn a_server_streaming_call_passes_through_with_its_ok_trailers() {
     let _trace = trace_init();
     let upstream = FakeGrpc::new().start().await;
     let (router, _dead) = router_for(&upstream).await;
-    let mut client = client_of(&router).await;
+    let mut client = echo_client(&router).await;
 
     let mut stream = count(&mut client, "Count", "echo", 50, 0).await.unwrap();
     let mut got = Vec::new();
@@ -127,7 +94,7 @@ async fn a_non_ok_status_of_a_unary_call_reaches_the_client() {
     let _trace = trace_init();
     let upstream = FakeGrpc::new().start().await;
     let (router, _dead) = router_for(&upstream).await;
-    let mut client = client_of(&router).await;
+    let mut client = echo_client(&router).await;
 
     let status = say(&mut client, "Say(fail)", "echo", "fail")
         .await
@@ -141,7 +108,7 @@ async fn a_status_in_trailers_after_streamed_messages_reaches_the_client() {
     let _trace = trace_init();
     let upstream = FakeGrpc::new().start().await;
     let (router, _dead) = router_for(&upstream).await;
-    let mut client = client_of(&router).await;
+    let mut client = echo_client(&router).await;
 
     let mut stream = count(&mut client, "Count", "echo", 10, 3).await.unwrap();
     for i in 0..3 {
@@ -171,7 +138,7 @@ async fn router_errors_reach_a_grpc_client_as_grpc_statuses() {
     let _trace = trace_init();
     let upstream = FakeGrpc::new().start().await;
     let (router, _dead) = router_for(&upstream).await;
-    let mut client = client_of(&router).await;
+    let mut client = echo_client(&router).await;
 
     let missing = within(
         "Say without a key",

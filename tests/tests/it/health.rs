@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use http::{Method, Version, header};
 use hyper::body::Incoming;
 use integration_tests::client::{self, ROUTING_KEY};
-use integration_tests::fake_grpc::pb::SayRequest;
 use integration_tests::fake_grpc::pb::echo_client::EchoClient;
 use integration_tests::fake_model::{SERVER_HEADER, sse_chunk};
 use integration_tests::{
@@ -25,9 +24,10 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::support::{
-    CLIENT_VERSIONS, cluster_in, cluster_state, endpoint_in, endpoint_state, expect_end,
-    expect_router_error, fetch, get, keyed, read_exactly, refused_naming, served_by, spread,
-    wait_for_cluster, wait_for_endpoint,
+    CLIENT_VERSIONS, addresses, cluster_in, cluster_state, echo_client, endpoint_in,
+    endpoint_state, expect_end, expect_router_error, fakes, fetch, get, keyed_get,
+    one_cluster_router, one_cluster_rules, read_exactly, refused_naming, route_k_rules, say,
+    served_by, spread, wait_for_cluster, wait_for_endpoint,
 };
 
 /// Failed probes in a row that make an endpoint unhealthy, in every health check here.
@@ -56,30 +56,10 @@ fn outlier_detection(base_ejection_ms: u64) -> Value {
     })
 }
 
-async fn fakes(names: &[&str]) -> Vec<Listening> {
-    let mut out = Vec::new();
-    for name in names {
-        out.push(FakeModel::new().name(*name).start().await);
-    }
-    out
-}
-
-fn addresses(fakes: &[Listening]) -> Vec<String> {
-    fakes.iter().map(Listening::endpoint).collect()
-}
-
 /// A router with one route `k` to one round-robin cluster `c` of `endpoints`, with the
 /// fields of `extra` added to the cluster.
-async fn one_cluster_router(endpoints: Vec<String>, extra: Value) -> RouterProcess {
-    let mut cluster = json!({ "endpoints": endpoints, "lb_policy": "round_robin" });
-    if let (Some(c), Some(e)) = (cluster.as_object_mut(), extra.as_object()) {
-        c.extend(e.clone());
-    }
-    RouterProcess::start(&json!({
-        "clusters": { "c": cluster },
-        "routes": { "k": { "cluster": "c" } },
-    }))
-    .await
+async fn round_robin_router(endpoints: Vec<String>, extra: &Value) -> RouterProcess {
+    one_cluster_router(endpoints, "round_robin", extra).await
 }
 
 fn is_healthy(endpoint: &Value) -> bool {
@@ -103,9 +83,7 @@ fn endpoint_labels<'a>(cluster: &'a str, address: &'a str) -> [(&'a str, &'a str
 /// arrived: the request is then in flight (picked, body not ended) until the fake is
 /// released and the body read to its end.
 async fn hold_sse(client: &HttpClient, proxy: SocketAddr, key: &str) -> Incoming {
-    let req = keyed(Method::GET, proxy, "/sse?chunks=1", key)
-        .body(client::empty())
-        .unwrap();
+    let req = keyed_get(proxy, "/sse?chunks=1", key);
     let resp = within("an SSE head", DEADLINE, client.send(req))
         .await
         .expect("an SSE request through the router");
@@ -117,6 +95,30 @@ async fn hold_sse(client: &HttpClient, proxy: SocketAddr, key: &str) -> Incoming
 async fn finish_sse(mut body: Incoming) {
     read_exactly(&mut body, sse_chunk(0).as_bytes(), "the released SSE chunk").await;
     expect_end(body, "the end of the SSE stream").await;
+}
+
+/// Two [`hold_sse`] requests with key `k`, in flight until [`release_held`].
+async fn hold_two(client: &HttpClient, proxy: SocketAddr) -> [Incoming; 2] {
+    [
+        hold_sse(client, proxy, "k").await,
+        hold_sse(client, proxy, "k").await,
+    ]
+}
+
+/// Releases the SSE requests `fake` holds, reads each of `held` to its end, and waits until
+/// `cluster` has no request in flight.
+async fn release_held(
+    router: &RouterProcess,
+    cluster: &str,
+    fake: &Listening,
+    held: impl IntoIterator<Item = Incoming>,
+) {
+    let held: Vec<Incoming> = held.into_iter().collect();
+    fake.release_sse(held.len());
+    for body in held {
+        finish_sse(body).await;
+    }
+    wait_for_cluster(router, cluster, "idle", |c| c["active_requests"] == 0).await;
 }
 
 /// A gRPC request (h2c, `content-type: application/grpc+proto`) to `Say` with `key`,
@@ -131,27 +133,11 @@ async fn grpc_call(router: &RouterProcess, key: &str) -> Collected {
     fetch(&HttpClient::h2c(), req).await
 }
 
-async fn echo_client(router: &RouterProcess) -> EchoClient<Channel> {
-    within(
-        "connecting a tonic client to the router",
-        DEADLINE,
-        EchoClient::connect(router.proxy_url("")),
-    )
-    .await
-    .expect("connect to the router over h2c")
-}
-
 /// `Say("hi")` through the router with `key`; returns the name of the server that answered.
 async fn say_served_by(client: &mut EchoClient<Channel>, key: &str) -> String {
-    let mut req = tonic::Request::new(SayRequest {
-        message: "hi".into(),
-    });
-    req.metadata_mut()
-        .insert(ROUTING_KEY, key.parse().expect("a valid key"));
-    within("Say through the router", DEADLINE, client.say(req))
+    say(client, "Say through the router", key, "hi")
         .await
         .unwrap_or_else(|status| panic!("Say with key {key}: {status:?}"))
-        .into_inner()
         .server
 }
 
@@ -169,7 +155,7 @@ async fn an_endpoint_failing_its_health_check_is_drained_and_gets_traffic_again_
     let _trace = trace_init();
     let f = fakes(&["a", "b"]).await;
     let (a, b) = (&f[0], &f[1]);
-    let router = one_cluster_router(addresses(&f), json!({ "health_check": http_check() })).await;
+    let router = round_robin_router(addresses(&f), &json!({ "health_check": http_check() })).await;
     let client = HttpClient::http1();
 
     for fake in &f {
@@ -407,9 +393,9 @@ async fn an_endpoint_answering_500s_is_ejected_gets_no_traffic_and_returns_after
     let (a, b) = (&f[0], &f[1]);
     // Long enough that requests sent right after the ejection see it in force; nothing
     // depends on it lasting any given time (see the bracketing below).
-    let router = one_cluster_router(
+    let router = round_robin_router(
         addresses(&f),
-        json!({ "outlier_detection": outlier_detection(2_000) }),
+        &json!({ "outlier_detection": outlier_detection(2_000) }),
     )
     .await;
     let client = HttpClient::http1();
@@ -493,7 +479,7 @@ async fn with_every_endpoint_failing_at_most_max_ejection_percent_are_ejected_an
     }
     let mut outlier = outlier_detection(100);
     outlier["max_ejection_ms"] = json!(300);
-    let router = one_cluster_router(addresses(&f), json!({ "outlier_detection": outlier })).await;
+    let router = round_robin_router(addresses(&f), &json!({ "outlier_detection": outlier })).await;
     let proxy = router.proxy_addr;
 
     let mut traffic = Vec::new();
@@ -554,9 +540,9 @@ async fn an_endpoint_refusing_connections_is_ejected_for_consecutive_gateway_fai
     let alive = FakeModel::new().name("alive").start().await;
     let dead = DeadPort::new();
     let dead_addr = dead.addr().to_string();
-    let router = one_cluster_router(
+    let router = round_robin_router(
         vec![alive.endpoint(), dead_addr.clone()],
-        json!({ "outlier_detection": outlier_detection(60_000) }),
+        &json!({ "outlier_detection": outlier_detection(60_000) }),
     )
     .await;
     let client = HttpClient::http1();
@@ -612,10 +598,7 @@ async fn the_circuit_breaker_refuses_a_third_request_while_two_are_in_flight_and
     let router = breaker_router(&fake, "http1").await;
     let holder = HttpClient::http1();
 
-    let held = [
-        hold_sse(&holder, router.proxy_addr, "k").await,
-        hold_sse(&holder, router.proxy_addr, "k").await,
-    ];
+    let held = hold_two(&holder, router.proxy_addr).await;
     let cluster = cluster_state(&router, "c").await;
     assert_eq!(cluster["active_requests"], 2, "{cluster}");
 
@@ -648,11 +631,7 @@ async fn the_circuit_breaker_refuses_a_third_request_while_two_are_in_flight_and
         )
         .await;
 
-    fake.release_sse(2);
-    for body in held {
-        finish_sse(body).await;
-    }
-    wait_for_cluster(&router, "c", "idle", |c| c["active_requests"] == 0).await;
+    release_held(&router, "c", &fake, held).await;
     let client = HttpClient::http1();
     assert_eq!(served_by(&client, router.proxy_addr, "k").await, "f");
 }
@@ -664,10 +643,7 @@ async fn a_grpc_request_past_the_circuit_breaker_gets_a_trailers_only_unavailabl
     let router = breaker_router(&fake, "http2").await;
     let holder = HttpClient::h2c();
 
-    let held = [
-        hold_sse(&holder, router.proxy_addr, "k").await,
-        hold_sse(&holder, router.proxy_addr, "k").await,
-    ];
+    let held = hold_two(&holder, router.proxy_addr).await;
     let resp = grpc_call(&router, "k").await;
     assert_eq!(resp.status, 200, "gRPC errors are HTTP 200: {resp:?}");
     assert_eq!(
@@ -695,11 +671,7 @@ async fn a_grpc_request_past_the_circuit_breaker_gets_a_trailers_only_unavailabl
         "the refused call never reached the upstream"
     );
 
-    fake.release_sse(2);
-    for body in held {
-        finish_sse(body).await;
-    }
-    wait_for_cluster(&router, "c", "idle", |c| c["active_requests"] == 0).await;
+    release_held(&router, "c", &fake, held).await;
 }
 
 #[tokio::test]
@@ -720,10 +692,7 @@ async fn an_overloaded_cluster_moves_the_request_to_the_routes_fallback() {
     .await;
     let holder = HttpClient::http1();
 
-    let held = [
-        hold_sse(&holder, router.proxy_addr, "k").await,
-        hold_sse(&holder, router.proxy_addr, "k").await,
-    ];
+    let held = hold_two(&holder, router.proxy_addr).await;
     assert_eq!(
         primary.sse_started(),
         2,
@@ -740,11 +709,7 @@ async fn an_overloaded_cluster_moves_the_request_to_the_routes_fallback() {
     assert_eq!(primary.requests(), 2);
     assert_eq!(backup.requests(), 2);
 
-    primary.release_sse(2);
-    for body in held {
-        finish_sse(body).await;
-    }
-    wait_for_cluster(&router, "primary", "idle", |c| c["active_requests"] == 0).await;
+    release_held(&router, "primary", &primary, held).await;
     assert_eq!(
         served_by(&HttpClient::http1(), router.proxy_addr, "k").await,
         "primary"
@@ -819,7 +784,7 @@ async fn a_cluster_whose_every_endpoint_fails_its_health_check_answers_503_no_he
     for fake in &f {
         fake.set_health(500);
     }
-    let router = one_cluster_router(addresses(&f), json!({ "health_check": http_check() })).await;
+    let router = round_robin_router(addresses(&f), &json!({ "health_check": http_check() })).await;
     for fake in &f {
         wait_for_endpoint(&router, "c", &fake.endpoint(), "unhealthy", is_unhealthy).await;
     }
@@ -850,15 +815,8 @@ async fn a_cluster_whose_every_endpoint_fails_its_health_check_answers_503_no_he
 /// Rule set `version` with route `k` to cluster `c` (`c_endpoints`, plus `c_extra` fields);
 /// with `other`, also an unrelated cluster `x` and route `unrelated` to it.
 fn swap_rules(version: u64, c_endpoints: &[String], c_extra: &Value, other: Option<&str>) -> Value {
-    let mut cluster = json!({ "endpoints": c_endpoints, "lb_policy": "round_robin" });
-    if let (Some(c), Some(e)) = (cluster.as_object_mut(), c_extra.as_object()) {
-        c.extend(e.clone());
-    }
-    let mut rules = json!({
-        "version": version,
-        "clusters": { "c": cluster },
-        "routes": { "k": { "cluster": "c" } },
-    });
+    let mut rules = one_cluster_rules(c_endpoints.to_vec(), "round_robin", c_extra);
+    rules["version"] = json!(version);
     if let Some(other) = other {
         rules["clusters"]["x"] = json!({ "endpoints": [other] });
         rules["routes"]["unrelated"] = json!({ "cluster": "x" });
@@ -982,9 +940,9 @@ async fn a_backend_killed_under_load_fails_at_most_the_requests_in_flight_to_it(
     let a_addr = a.endpoint();
     let mut check = http_check();
     check["http_path"] = json!("/healthz");
-    let router = one_cluster_router(
+    let router = round_robin_router(
         vec![a.endpoint(), b.endpoint(), c.endpoint()],
-        json!({
+        &json!({
             "health_check": check,
             "outlier_detection": outlier_detection(5_000),
         }),
@@ -1009,9 +967,7 @@ async fn a_backend_killed_under_load_fails_at_most_the_requests_in_flight_to_it(
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let req = keyed(Method::GET, proxy, "/", "k")
-                    .body(client::empty())
-                    .unwrap();
+                let req = keyed_get(proxy, "/", "k");
                 let outcome = within("a request under load", DEADLINE, async {
                     match client.send(req).await {
                         Ok(resp) => client::collect(resp).await.map_err(|e| e.to_string()),
@@ -1132,24 +1088,14 @@ async fn the_router_refuses_a_health_check_whose_timeout_is_not_below_its_interv
 #[tokio::test]
 async fn the_router_refuses_a_fallback_naming_an_unknown_cluster() {
     let _trace = trace_init();
-    let clusters = json!({
-        "a": { "endpoints": ["127.0.0.1:1"] },
-        "b": { "endpoints": ["127.0.0.1:2"] },
-    });
     refused_naming(
-        json!({
-            "clusters": clusters,
-            "routes": { "k": { "cluster": "a", "fallback": "nope" } },
-        }),
+        route_k_rules(&["a", "b"], &json!({ "fallback": "nope" })),
         r#"$.routes["k"].fallback"#,
         &["nope"],
     )
     .await;
     refused_naming(
-        json!({
-            "clusters": clusters,
-            "routes": { "k": { "cluster": "a", "fallback": ["b", "nope"] } },
-        }),
+        route_k_rules(&["a", "b"], &json!({ "fallback": ["b", "nope"] })),
         r#"$.routes["k"].fallback[1]"#,
         &["nope"],
     )
@@ -1160,13 +1106,7 @@ async fn the_router_refuses_a_fallback_naming_an_unknown_cluster() {
 async fn the_router_refuses_a_fallback_chain_that_repeats_the_primary() {
     let _trace = trace_init();
     refused_naming(
-        json!({
-            "clusters": {
-                "a": { "endpoints": ["127.0.0.1:1"] },
-                "b": { "endpoints": ["127.0.0.1:2"] },
-            },
-            "routes": { "k": { "cluster": "a", "fallback": ["b", "a"] } },
-        }),
+        route_k_rules(&["a", "b"], &json!({ "fallback": ["b", "a"] })),
         r#"$.routes["k"].fallback[1]"#,
         &[],
     )

@@ -8,6 +8,7 @@
 //! never for time to pass.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +28,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 
 use crate::support::{
-    CLIENT_VERSIONS, assert_status, fetch, get, keyed, post_pattern, refused_naming, served_by,
+    CLIENT_VERSIONS, assert_status, fetch, get, keyed, post_pattern, refused_naming, route_k_rules,
+    route_reason_labels, served_by, with_fields,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -43,14 +45,11 @@ const NEVER_MS: u64 = 3_600_000;
 /// `shadow`, answering within [`NEVER_MS`]), and route `key` to `primary` mirrored to
 /// `shadow` with the fields of `mirror` (and the route fields of `route`) added.
 fn mirrored(primary: &Listening, shadow: &str, mirror: Value, route: Value) -> Value {
-    let mut m = json!({ "cluster": "shadow" });
-    if let (Some(m), Some(extra)) = (m.as_object_mut(), mirror.as_object()) {
-        m.extend(extra.clone());
-    }
-    let mut k = json!({ "cluster": "primary", "timeout_ms": NEVER_MS, "mirror": m });
-    if let (Some(k), Some(extra)) = (k.as_object_mut(), route.as_object()) {
-        k.extend(extra.clone());
-    }
+    let m = with_fields(json!({ "cluster": "shadow" }), &mirror);
+    let k = with_fields(
+        json!({ "cluster": "primary", "timeout_ms": NEVER_MS, "mirror": m }),
+        &route,
+    );
     json!({
         "clusters": {
             "primary": { "endpoints": [primary.endpoint()] },
@@ -64,8 +63,31 @@ fn route_labels(route: &str) -> [(&str, &str); 1] {
     [("route", route)]
 }
 
-fn dropped_labels<'a>(route: &'a str, reason: &'a str) -> [(&'a str, &'a str); 2] {
-    [("route", route), ("reason", reason)]
+/// The labels of `router_mirror_status_match_total` for `route` and whether the mirror's
+/// status matched the primary's.
+fn status_match_labels(route: &str, matched: bool) -> [(&str, &str); 2] {
+    [
+        ("route", route),
+        ("match", if matched { "true" } else { "false" }),
+    ]
+}
+
+/// The fakes `primary` and `shadow`, and a router on [`mirrored`] between them with the
+/// fields of `mirror` and `route` added.
+async fn primary_and_shadow(mirror: Value, route: Value) -> (Listening, Listening, RouterProcess) {
+    let primary = FakeModel::new().name("primary").start().await;
+    let shadow = FakeModel::new().name("shadow").start().await;
+    let router = RouterProcess::start(&mirrored(&primary, &shadow.endpoint(), mirror, route)).await;
+    (primary, shadow, router)
+}
+
+/// `GET /` with key `k` and `x-subject-id: subject`, expecting 200.
+async fn get_as_subject(client: &HttpClient, proxy: SocketAddr, key: &str, subject: &str) {
+    let req = keyed(Method::GET, proxy, "/", key)
+        .header(SUBJECT, subject)
+        .body(client::empty())
+        .unwrap();
+    assert_status(&fetch(client, req).await, 200);
 }
 
 /// The first `len` bytes of the pattern as a streamed body, hashed as it is produced: the
@@ -92,17 +114,10 @@ fn hashed_pattern_body(len: u64) -> (Body, Arc<Mutex<Sha256>>) {
 async fn the_mirror_gets_the_same_request_and_body_bytes_marked_shadow_and_its_answer_is_discarded()
 {
     let _trace = trace_init();
-    let primary = FakeModel::new().name("primary").start().await;
-    let shadow = FakeModel::new().name("shadow").start().await;
     // A queue large enough that no copy of these bodies can be abandoned, however the two
     // fakes' reading speeds compare.
-    let router = RouterProcess::start(&mirrored(
-        &primary,
-        &shadow.endpoint(),
-        json!({ "max_buffer_bytes": 64 * MIB }),
-        json!({}),
-    ))
-    .await;
+    let (primary, shadow, router) =
+        primary_and_shadow(json!({ "max_buffer_bytes": 64 * MIB }), json!({})).await;
     let len = 8 * MIB + 3;
     let sha = pattern::sha256_hex(len);
 
@@ -176,7 +191,7 @@ async fn the_mirror_gets_the_same_request_and_body_bytes_marked_shadow_and_its_a
     router
         .wait_for_metric(
             "router_mirror_status_match_total",
-            &[("route", "k"), ("match", "true")],
+            &status_match_labels("k", true),
             |v| v >= 2.0,
         )
         .await;
@@ -185,16 +200,8 @@ async fn the_mirror_gets_the_same_request_and_body_bytes_marked_shadow_and_its_a
 #[tokio::test]
 async fn a_mirror_answering_another_status_is_counted_as_a_mismatch_and_never_reaches_the_client() {
     let _trace = trace_init();
-    let primary = FakeModel::new().name("primary").start().await;
-    let shadow = FakeModel::new().name("shadow").start().await;
+    let (_primary, shadow, router) = primary_and_shadow(json!({}), json!({})).await;
     shadow.fail_with(Some(500));
-    let router = RouterProcess::start(&mirrored(
-        &primary,
-        &shadow.endpoint(),
-        json!({}),
-        json!({}),
-    ))
-    .await;
     let client = HttpClient::http1();
 
     for _ in 0..5 {
@@ -207,7 +214,7 @@ async fn a_mirror_answering_another_status_is_counted_as_a_mismatch_and_never_re
     router
         .wait_for_metric(
             "router_mirror_status_match_total",
-            &[("route", "k"), ("match", "false")],
+            &status_match_labels("k", false),
             |v| v >= 5.0,
         )
         .await;
@@ -215,7 +222,7 @@ async fn a_mirror_answering_another_status_is_counted_as_a_mismatch_and_never_re
         router
             .metric(
                 "router_mirror_status_match_total",
-                &[("route", "k"), ("match", "true")]
+                &status_match_labels("k", true)
             )
             .await,
         0.0
@@ -303,7 +310,7 @@ async fn a_mirror_that_never_reads_never_delays_the_primary_and_its_copies_are_d
     router
         .wait_for_metric(
             "router_mirror_dropped_total",
-            &dropped_labels("k", "buffer_full"),
+            &route_reason_labels("k", "buffer_full"),
             |v| v >= 1.0,
         )
         .await;
@@ -329,7 +336,7 @@ async fn a_mirror_that_never_reads_never_delays_the_primary_and_its_copies_are_d
     router
         .wait_for_metric(
             "router_mirror_dropped_total",
-            &dropped_labels("k", "max_in_flight"),
+            &route_reason_labels("k", "max_in_flight"),
             |v| v >= (CONCURRENT - 2) as f64,
         )
         .await;
@@ -408,7 +415,7 @@ async fn a_1_gib_upload_mirrored_to_a_mirror_that_never_reads_keeps_router_memor
     router
         .wait_for_metric(
             "router_mirror_dropped_total",
-            &dropped_labels("k", "buffer_full"),
+            &route_reason_labels("k", "buffer_full"),
             |v| v >= 1.0,
         )
         .await;
@@ -418,25 +425,16 @@ async fn a_1_gib_upload_mirrored_to_a_mirror_that_never_reads_keeps_router_memor
 async fn sticky_mirror_sampling_mirrors_each_subject_always_or_never() {
     const SUBJECTS: usize = 40;
     let _trace = trace_init();
-    let primary = FakeModel::new().name("primary").start().await;
-    let shadow = FakeModel::new().name("shadow").start().await;
-    let router = RouterProcess::start(&mirrored(
-        &primary,
-        &shadow.endpoint(),
+    let (primary, shadow, router) = primary_and_shadow(
         json!({ "sample_percent": 50 }),
         json!({ "sticky_header": SUBJECT }),
-    ))
+    )
     .await;
     let client = HttpClient::http1();
 
     for i in 0..SUBJECTS {
         for _ in 0..3 {
-            let req = keyed(Method::GET, router.proxy_addr, "/", "k")
-                .header(SUBJECT, format!("subject-{i}"))
-                .body(client::empty())
-                .unwrap();
-            let resp = fetch(&client, req).await;
-            assert_status(&resp, 200);
+            get_as_subject(&client, router.proxy_addr, "k", &format!("subject-{i}")).await;
         }
     }
     assert_eq!(primary.requests(), 3 * SUBJECTS);
@@ -493,17 +491,9 @@ async fn sample_percent_0_mirrors_nothing() {
     let client = HttpClient::http1();
 
     for i in 0..20 {
-        let req = keyed(Method::GET, router.proxy_addr, "/", "k")
-            .header(SUBJECT, format!("subject-{i}"))
-            .body(client::empty())
-            .unwrap();
-        assert_status(&fetch(&client, req).await, 200);
+        get_as_subject(&client, router.proxy_addr, "k", &format!("subject-{i}")).await;
     }
-    let req = keyed(Method::GET, router.proxy_addr, "/", "all")
-        .header(SUBJECT, "sentinel")
-        .body(client::empty())
-        .unwrap();
-    assert_status(&fetch(&client, req).await, 200);
+    get_as_subject(&client, router.proxy_addr, "all", "sentinel").await;
     wait_until("the sentinel's copy reached the mirror", DEADLINE, || {
         std::future::ready(shadow.requests() >= 1)
     })
@@ -523,18 +513,7 @@ async fn sample_percent_0_mirrors_nothing() {
 /// A rule set with clusters `a`, `b` and `shadow`, and route `k` to `a` with `route`'s
 /// fields added.
 fn route_rules(route: Value) -> Value {
-    let mut k = json!({ "cluster": "a" });
-    if let (Some(k), Some(extra)) = (k.as_object_mut(), route.as_object()) {
-        k.extend(extra.clone());
-    }
-    json!({
-        "clusters": {
-            "a": { "endpoints": ["127.0.0.1:1"] },
-            "b": { "endpoints": ["127.0.0.1:2"] },
-            "shadow": { "endpoints": ["127.0.0.1:3"] },
-        },
-        "routes": { "k": k },
-    })
+    route_k_rules(&["a", "b", "shadow"], &route)
 }
 
 #[tokio::test]

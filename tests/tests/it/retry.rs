@@ -17,10 +17,8 @@ use std::time::Duration;
 
 use http::{Method, Version};
 use http_body_util::BodyExt as _;
-use integration_tests::client::{self, ROUTING_KEY};
+use integration_tests::client;
 use integration_tests::fake_grpc::UNAVAILABLE_MESSAGE;
-use integration_tests::fake_grpc::pb::SayRequest;
-use integration_tests::fake_grpc::pb::echo_client::EchoClient;
 use integration_tests::fake_model::SERVER_HEADER;
 use integration_tests::{
     BlackHole, Collected, DEADLINE, FakeGrpc, FakeModel, HttpClient, Listening, RouterProcess,
@@ -31,26 +29,15 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::support::{
-    CLIENT_VERSIONS, assert_status, expect_router_error, get, keyed, post_pattern, refused_naming,
-    served_by,
+    CLIENT_VERSIONS, addresses, assert_status, echo_client, expect_router_error, fakes, get, keyed,
+    keyed_get, post_pattern, refused_naming, route_k_rules, route_reason_labels, say, served_by,
+    wait_for_metric_exactly,
 };
 
 const MIB: u64 = 1024 * 1024;
 
 /// The header the sticky splits here hash.
 const SUBJECT: &str = "x-subject-id";
-
-async fn fakes(names: &[&str]) -> Vec<Listening> {
-    let mut out = Vec::new();
-    for name in names {
-        out.push(FakeModel::new().name(*name).start().await);
-    }
-    out
-}
-
-fn addresses(fakes: &[Listening]) -> Vec<String> {
-    fakes.iter().map(Listening::endpoint).collect()
-}
 
 /// How many bodies each fake has reset after reading, in the order of `fakes`.
 fn resets_per_fake(fakes: &[Listening]) -> Vec<usize> {
@@ -66,10 +53,6 @@ fn arm_resets(fakes: &[Listening], n: usize) {
 
 fn cluster_labels(cluster: &str) -> [(&str, &str); 1] {
     [("cluster", cluster)]
-}
-
-fn abandoned_labels<'a>(route: &'a str, reason: &'a str) -> [(&'a str, &'a str); 2] {
-    [("route", route), ("reason", reason)]
 }
 
 // === resets and the replay buffer ===
@@ -232,14 +215,14 @@ async fn a_body_over_the_replay_cap_streams_on_and_its_reset_is_answered_502_not
         "past the cap the body streamed on, whole, to the upstream: {resets:?}"
     );
 
-    let abandoned = router
-        .wait_for_metric(
-            "router_retries_abandoned_total",
-            &abandoned_labels(ROUTE, "body_over_replay_cap"),
-            |v| v >= 1.0,
-        )
-        .await;
-    assert_eq!(abandoned, 1.0, "only the body over the cap was abandoned");
+    wait_for_metric_exactly(
+        &router,
+        "router_retries_abandoned_total",
+        &route_reason_labels(ROUTE, "body_over_replay_cap"),
+        1.0,
+        "only the body over the cap was abandoned",
+    )
+    .await;
     wait_until(
         "a log line names the route and the replay cap",
         DEADLINE,
@@ -356,12 +339,14 @@ async fn a_retriable_status_is_retried_and_the_last_answer_is_passed_on_as_is() 
         retries += tries - 1;
         fake.fail_next(0, 200);
     }
-    let counted = router
-        .wait_for_metric("router_retries_total", &cluster_labels("one"), |v| {
-            v >= retries as f64
-        })
-        .await;
-    assert_eq!(counted, retries as f64);
+    wait_for_metric_exactly(
+        &router,
+        "router_retries_total",
+        &cluster_labels("one"),
+        retries as f64,
+        "one count per retry",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -376,26 +361,10 @@ async fn a_grpc_unavailable_trailers_only_answer_is_retried_when_listed() {
         },
     }))
     .await;
-    let mut client = within(
-        "connecting a tonic client to the router",
-        DEADLINE,
-        EchoClient::connect(router.proxy_url("")),
-    )
-    .await
-    .expect("connect to the router over h2c");
-    let say = async |client: &mut EchoClient<_>, key: &str| {
-        let mut req = tonic::Request::new(SayRequest {
-            message: "hello".into(),
-        });
-        req.metadata_mut()
-            .insert(ROUTING_KEY, key.parse().expect("a valid key"));
-        within("Say through the router", DEADLINE, client.say(req))
-            .await
-            .map(tonic::Response::into_inner)
-    };
+    let mut client = echo_client(&router).await;
 
     upstream.fail_next_unavailable(1);
-    let reply = say(&mut client, "retried")
+    let reply = say(&mut client, "Say through the router", "retried", "hello")
         .await
         .unwrap_or_else(|status| panic!("Say with one UNAVAILABLE retried: {status:?}"));
     assert_eq!(
@@ -405,7 +374,14 @@ async fn a_grpc_unavailable_trailers_only_answer_is_retried_when_listed() {
     assert_eq!(upstream.requests(), 2, "the first call and its retry");
 
     upstream.fail_next_unavailable(1);
-    let status = say(&mut client, "not-retried").await.unwrap_err();
+    let status = say(
+        &mut client,
+        "Say through the router",
+        "not-retried",
+        "hello",
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(
         status.message(),
@@ -434,9 +410,7 @@ async fn a_response_whose_headers_reached_the_client_is_never_retried() {
     for version in CLIENT_VERSIONS {
         let before = total();
         // 200 and 64 KiB of body, then the upstream breaks the body.
-        let req = keyed(Method::GET, router.proxy_addr, "/truncate?bytes=65536", "k")
-            .body(client::empty())
-            .unwrap();
+        let req = keyed_get(router.proxy_addr, "/truncate?bytes=65536", "k");
         let resp = within(
             "the response head",
             DEADLINE,
@@ -503,9 +477,7 @@ async fn probe(
     let before = fake.requests();
     fake.fail_next(1, 503);
     let (tx, mut answered) = tokio::sync::oneshot::channel();
-    let req = keyed(Method::GET, proxy, "/hang", "k")
-        .body(client::empty())
-        .unwrap();
+    let req = keyed_get(proxy, "/hang", "k");
     let client = client.clone();
     held.spawn(async move {
         let _ = tx.send(client.fetch(req).await);
@@ -541,9 +513,7 @@ async fn run_budget_probes(held_first_tries: usize, probes: usize) -> (usize, us
     let client = HttpClient::http1();
     let mut held = JoinSet::new();
     for _ in 0..held_first_tries {
-        let req = keyed(Method::GET, router.proxy_addr, "/hang", "k")
-            .body(client::empty())
-            .unwrap();
+        let req = keyed_get(router.proxy_addr, "/hang", "k");
         let client = client.clone();
         held.spawn(async move {
             let _ = client.send(req).await;
@@ -569,20 +539,22 @@ async fn run_budget_probes(held_first_tries: usize, probes: usize) -> (usize, us
             }
         }
     }
-    let exhausted = router
-        .wait_for_metric(
-            "router_retries_abandoned_total",
-            &abandoned_labels("k", "budget_exhausted"),
-            |v| v >= refused as f64,
-        )
-        .await;
-    assert_eq!(exhausted, refused as f64, "one count per refused retry");
-    let counted = router
-        .wait_for_metric("router_retries_total", &cluster_labels("c"), |v| {
-            v >= retried as f64
-        })
-        .await;
-    assert_eq!(counted, retried as f64);
+    wait_for_metric_exactly(
+        &router,
+        "router_retries_abandoned_total",
+        &route_reason_labels("k", "budget_exhausted"),
+        refused as f64,
+        "one count per refused retry",
+    )
+    .await;
+    wait_for_metric_exactly(
+        &router,
+        "router_retries_total",
+        &cluster_labels("c"),
+        retried as f64,
+        "one count per admitted retry",
+    )
+    .await;
     (retried, refused)
 }
 
@@ -661,9 +633,7 @@ async fn under_concurrent_load_with_every_first_try_failing_the_budget_caps_the_
         clients.spawn(async move {
             let client = HttpClient::http1();
             for _ in 0..ROUNDS {
-                let req = keyed(Method::GET, proxy, "/hang", "k")
-                    .body(client::empty())
-                    .unwrap();
+                let req = keyed_get(proxy, "/hang", "k");
                 sent.fetch_add(1, Ordering::SeqCst);
                 let resp = client.fetch(req).await;
                 answers
@@ -710,14 +680,14 @@ async fn under_concurrent_load_with_every_first_try_failing_the_budget_caps_the_
         "the first 3 retries are always allowed: {retries} of {to_a}"
     );
     assert!(refused > 0, "the budget refused none of {to_a} retries");
-    let exhausted = router
-        .wait_for_metric(
-            "router_retries_abandoned_total",
-            &abandoned_labels("k", "budget_exhausted"),
-            |v| v >= refused as f64,
-        )
-        .await;
-    assert_eq!(exhausted, refused as f64);
+    wait_for_metric_exactly(
+        &router,
+        "router_retries_abandoned_total",
+        &route_reason_labels("k", "budget_exhausted"),
+        refused as f64,
+        "one count per refused retry",
+    )
+    .await;
     drop(clients);
 }
 
@@ -971,17 +941,7 @@ async fn a_sticky_split_sends_every_subject_to_the_cluster_the_allocation_functi
 /// A rule set with clusters `a` and `b` and route `k` to `a` with the fields of `route`
 /// added.
 fn route_rules(route: Value) -> Value {
-    let mut k = json!({ "cluster": "a" });
-    if let (Some(k), Some(extra)) = (k.as_object_mut(), route.as_object()) {
-        k.extend(extra.clone());
-    }
-    json!({
-        "clusters": {
-            "a": { "endpoints": ["127.0.0.1:1"] },
-            "b": { "endpoints": ["127.0.0.1:2"] },
-        },
-        "routes": { "k": k },
-    })
+    route_k_rules(&["a", "b"], &route)
 }
 
 #[tokio::test]

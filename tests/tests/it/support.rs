@@ -1,4 +1,5 @@
-//! Helpers shared by the test modules: rule-set fixtures and request shorthands.
+//! Helpers shared by the test modules: fakes, rule-set fixtures, request shorthands, gRPC
+//! calls and waits on `GET /clusters` and `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,9 +10,14 @@ use http::{Method, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use integration_tests::client::{self, Body, ROUTING_KEY};
+use integration_tests::fake_grpc::pb::echo_client::EchoClient;
+use integration_tests::fake_grpc::pb::{SayReply, SayRequest};
 use integration_tests::fake_model::SERVER_HEADER;
-use integration_tests::{Collected, DEADLINE, HttpClient, Listening, RouterProcess, within};
+use integration_tests::{
+    Collected, DEADLINE, FakeModel, HttpClient, Listening, RouterProcess, within,
+};
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 /// Both client versions the router must accept.
 pub const CLIENT_VERSIONS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
@@ -249,6 +255,33 @@ pub async fn endpoint_state(router: &RouterProcess, cluster: &str, address: &str
     endpoint_in(&router.admin_json("/clusters").await, cluster, address).clone()
 }
 
+/// Polls `entry` until it satisfies `ok`, and returns it; `what` describes the awaited
+/// state.
+///
+/// # Panics
+///
+/// At the deadline, with the last entry seen in the message.
+async fn wait_for_entry<F: Future<Output = Value>>(
+    what: &str,
+    entry: impl Fn() -> F,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    // Polls an observable condition; the deadline only turns a hang into a failure.
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        let seen = entry().await;
+        if ok(&seen) {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up after {DEADLINE:?} waiting until {what}; last seen: {seen}"
+        );
+    }
+}
+
 /// Polls `GET /clusters` until the entry of endpoint `address` of cluster `cluster`
 /// satisfies `ok`, and returns that entry; `what` describes the awaited state.
 ///
@@ -262,20 +295,12 @@ pub async fn wait_for_endpoint(
     what: &str,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    // Polls an observable condition; the deadline only turns a hang into a failure.
-    let mut poll = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        poll.tick().await;
-        let endpoint = endpoint_state(router, cluster, address).await;
-        if ok(&endpoint) {
-            return endpoint;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "gave up after {DEADLINE:?} waiting until endpoint {address} of cluster {cluster:?} is {what}; last seen: {endpoint}"
-        );
-    }
+    wait_for_entry(
+        &format!("endpoint {address} of cluster {cluster:?} is {what}"),
+        || endpoint_state(router, cluster, address),
+        ok,
+    )
+    .await
 }
 
 /// Polls `GET /clusters` until cluster `name`'s entry satisfies `ok`, and returns it;
@@ -290,18 +315,139 @@ pub async fn wait_for_cluster(
     what: &str,
     ok: impl Fn(&Value) -> bool,
 ) -> Value {
-    let give_up = tokio::time::Instant::now() + DEADLINE;
-    // Polls an observable condition; the deadline only turns a hang into a failure.
-    let mut poll = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        poll.tick().await;
-        let cluster = cluster_state(router, name).await;
-        if ok(&cluster) {
-            return cluster;
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "gave up after {DEADLINE:?} waiting until cluster {name:?} is {what}; last seen: {cluster}"
-        );
+    wait_for_entry(
+        &format!("cluster {name:?} is {what}"),
+        || cluster_state(router, name),
+        ok,
+    )
+    .await
+}
+
+/// Waits until the sum of the samples of metric `name` matching `labels` reaches
+/// `expected`, and checks it settled there, not past it (`what` says why it must).
+///
+/// # Panics
+///
+/// At the deadline, or when the value is past `expected`.
+pub async fn wait_for_metric_exactly(
+    router: &RouterProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+    what: &str,
+) {
+    let value = router
+        .wait_for_metric(name, labels, |v| v >= expected)
+        .await;
+    assert_eq!(value, expected, "{name}{labels:?}: {what}");
+}
+
+/// The labels `route` and `reason` of the per-route drop and abandon counters.
+pub fn route_reason_labels<'a>(route: &'a str, reason: &'a str) -> [(&'a str, &'a str); 2] {
+    [("route", route), ("reason", reason)]
+}
+
+/// Starts one fake model per name, in order.
+pub async fn fakes(names: &[&str]) -> Vec<Listening> {
+    let mut out = Vec::new();
+    for name in names {
+        out.push(FakeModel::new().name(*name).start().await);
     }
+    out
+}
+
+/// The endpoint addresses of `fakes`, in order.
+pub fn addresses(fakes: &[Listening]) -> Vec<String> {
+    fakes.iter().map(Listening::endpoint).collect()
+}
+
+/// `base` (a JSON object) with the fields of `extra` (a JSON object) added, replacing
+/// any of the same name.
+pub fn with_fields(mut base: Value, extra: &Value) -> Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    base
+}
+
+/// A rule set with one route `k` to one cluster `c` of `endpoints` balanced by
+/// `lb_policy`, with the fields of `extra` added to the cluster.
+pub fn one_cluster_rules(endpoints: impl Into<Value>, lb_policy: &str, extra: &Value) -> Value {
+    let cluster = json!({ "endpoints": endpoints.into(), "lb_policy": lb_policy });
+    json!({
+        "clusters": { "c": with_fields(cluster, extra) },
+        "routes": { "k": { "cluster": "c" } },
+    })
+}
+
+/// A router on [`one_cluster_rules`].
+pub async fn one_cluster_router(
+    endpoints: impl Into<Value>,
+    lb_policy: &str,
+    extra: &Value,
+) -> RouterProcess {
+    RouterProcess::start(&one_cluster_rules(endpoints, lb_policy, extra)).await
+}
+
+/// A rule set for validation tests: one cluster per name in `clusters` (the n-th at the
+/// unreachable `127.0.0.1:n`), and route `k` to the first with the fields of `route` added.
+pub fn route_k_rules(clusters: &[&str], route: &Value) -> Value {
+    let c: serde_json::Map<String, Value> = clusters
+        .iter()
+        .zip(1..)
+        .map(|(name, port)| {
+            (
+                (*name).to_owned(),
+                json!({ "endpoints": [format!("127.0.0.1:{port}")] }),
+            )
+        })
+        .collect();
+    json!({
+        "clusters": c,
+        "routes": { "k": with_fields(json!({ "cluster": clusters[0] }), route) },
+    })
+}
+
+/// A `GET path` request (no body) to `proxy` carrying `x-routing-key: key`.
+pub fn keyed_get(proxy: SocketAddr, path: &str, key: &str) -> http::Request<Body> {
+    keyed(Method::GET, proxy, path, key)
+        .body(client::empty())
+        .expect("a valid request")
+}
+
+/// A tonic client connected over h2c to the router's proxy port.
+pub async fn echo_client(router: &RouterProcess) -> EchoClient<Channel> {
+    within(
+        "connecting a tonic client to the router",
+        DEADLINE,
+        EchoClient::connect(router.proxy_url("")),
+    )
+    .await
+    .expect("connect to the router over h2c")
+}
+
+/// A gRPC request carrying `message` and `x-routing-key: key` as metadata.
+pub fn keyed_call<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert(ROUTING_KEY, key.parse().expect("a valid key"));
+    req
+}
+
+/// `Say(message)` with routing key `key`, awaited within the deadline (`what` names it).
+pub async fn say(
+    client: &mut EchoClient<Channel>,
+    what: &str,
+    key: &str,
+    message: &str,
+) -> Result<SayReply, tonic::Status> {
+    let request = keyed_call(
+        SayRequest {
+            message: message.into(),
+        },
+        key,
+    );
+    within(what, DEADLINE, client.say(request))
+        .await
+        .map(tonic::Response::into_inner)
 }
