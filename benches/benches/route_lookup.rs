@@ -22,6 +22,7 @@ fn table(keys: usize) -> ArcSwap<RouteTable> {
         &probes,
         1,
         String::new(),
+        true,
     ))
 }
 

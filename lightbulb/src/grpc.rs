@@ -263,7 +263,8 @@ impl pb::routing_config_server::RoutingConfig for RoutingConfigService {
 }
 
 /// The routing part of `rules` as a `RoutingSnapshot`: its version, and `rule_set_json`
-/// holding a rule set with the same version, clusters and routes, and nothing else, in the
+/// holding a rule set with the same version, clusters, routes and tenants (what routers
+/// act on), and nothing else, in the
 /// models-config format that `router --config` reads.
 ///
 /// # Errors
@@ -275,6 +276,7 @@ pub fn routing_snapshot(rules: &RuleSet) -> Result<pb::RoutingSnapshot, Status> 
         version: rules.version,
         clusters: rules.clusters.clone(),
         routes: rules.routes.clone(),
+        tenants: rules.tenants.clone(),
         ..RuleSet::default()
     };
     let rule_set_json = serde_json::to_string(&routing)

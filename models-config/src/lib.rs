@@ -117,6 +117,7 @@ const MAP_FIELDS: &[&str] = &[
     "attributes",
     "parameters",
     "metadata",
+    "tenants",
 ];
 
 /// Writes serde_path_to_error's path in the syntax of [`Issue::path`].

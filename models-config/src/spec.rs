@@ -42,6 +42,32 @@ pub struct RuleSet {
     /// Objectives (business use cases) by name.
     #[serde(default)]
     pub objectives: UniqueMap<ObjectiveSpec>,
+    /// Tenants (calling teams) by name, with their limits in every router. Names used by
+    /// routes' `tenants` must be declared here; objective rules' `tenants` too, once this
+    /// block is not empty. Default none.
+    #[serde(default, skip_serializing_if = "no_tenants")]
+    pub tenants: UniqueMap<TenantSpec>,
+}
+
+/// One tenant's limits, exact per router process (across all its workers). Every limit is
+/// optional; a tenant without any is only a name routes can allow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Requests in flight at once (until the response body ends), 1 to 10000000; past it,
+    /// 503 `overloaded` with `retry-after`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_concurrent: Option<u32>,
+    /// Sustained requests per second, 0.001 to 10000000 (fractions allowed); past it and
+    /// the `burst`, 429 `rate_limited` with `retry-after`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    /// Requests allowed at once above the sustained rate (the token bucket's size), 1 to
+    /// 10000000, with `requests_per_second` only. Default: one second's worth, rounded up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub burst: Option<u32>,
 }
 
 /// A set of interchangeable serving hosts for one model (a VIP).
@@ -272,6 +298,15 @@ pub struct RouteSpec {
     /// A sampled shadow copy of the requests to another cluster. Absent: no mirroring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSpec>,
+    /// Tenants allowed on this route (declared in the top-level `tenants`); requests of
+    /// other tenants, or without one, are refused with 403 `tenant_not_allowed`. Empty:
+    /// every request, with or without a tenant. Default empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    /// The cluster that takes this route's `synthetic` and `replay` traffic, which then
+    /// never reaches the live clusters. Default: none (every class goes to the live ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_cluster: Option<String>,
 }
 
 /// A route's retry policy.
@@ -484,6 +519,10 @@ fn default_weight() -> u32 {
     1
 }
 
+fn no_tenants(tenants: &UniqueMap<TenantSpec>) -> bool {
+    tenants.0.is_empty()
+}
+
 fn default_retry_attempts() -> u32 {
     2
 }
@@ -627,6 +666,14 @@ impl EndpointSpec {
             EndpointSpec::Address(_) => 1,
             EndpointSpec::Weighted(w) => w.weight,
         }
+    }
+}
+
+impl TenantSpec {
+    /// The token bucket's size in force: `burst`, or one second's worth rounded up.
+    pub fn burst(&self) -> Option<u32> {
+        let rate = self.requests_per_second?;
+        Some(self.burst.unwrap_or_else(|| (rate.ceil() as u32).max(1)))
     }
 }
 

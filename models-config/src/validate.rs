@@ -11,7 +11,7 @@ use crate::error::{Issue, ValidationErrors};
 use crate::spec::{
     CircuitBreakerSpec, ClusterSpec, EndpointSpec, ExperimentSpec, FallbackSpec, HealthCheckSpec,
     MatchSpec, MirrorSpec, ObjectiveSpec, OutlierDetectionSpec, RetryCondition, RetrySpec,
-    RouteSpec, RuleSet, RuleSpec, TrafficClass,
+    RouteSpec, RuleSet, RuleSpec, TenantSpec, TrafficClass,
 };
 
 /// Longest name allowed, in characters.
@@ -42,6 +42,8 @@ const RETRY_ATTEMPTS_MAX: u64 = 10;
 const REPLAY_BUFFER_MAX_BYTES: u64 = 1 << 30;
 /// Most mirrored requests in flight per route.
 const MIRROR_MAX_IN_FLIGHT: u64 = 100_000;
+/// Largest tenant limit (requests in flight, per second, burst).
+const TENANT_LIMIT_MAX: u64 = 10_000_000;
 /// Largest mirror queue per request: 64 MiB.
 const MIRROR_BUFFER_MAX_BYTES: u64 = 64 << 20;
 
@@ -83,6 +85,9 @@ pub fn validate(rules: &RuleSet) -> Result<Vec<Issue>, ValidationErrors> {
     }
     for (name, objective) in &rules.objectives {
         v.objective(name, objective);
+    }
+    for (name, tenant) in &rules.tenants {
+        v.tenant(name, tenant);
     }
 
     if v.errors.is_empty() {
@@ -479,6 +484,78 @@ impl Validator<'_> {
         if let Some(mirror) = &route.mirror {
             self.mirror(&format!("{path}.mirror"), route, mirror);
         }
+        let mut allowed = BTreeSet::new();
+        for (i, tenant) in route.tenants.iter().enumerate() {
+            let tenant_path = format!("{path}.tenants[{i}]");
+            if !allowed.insert(tenant.as_str()) {
+                self.error(tenant_path, format!("duplicate tenant {tenant:?}"));
+            } else if !self.rules.tenants.contains_key(tenant) {
+                self.error(
+                    tenant_path,
+                    format!("unknown tenant {tenant:?}: declare it in the top-level tenants"),
+                );
+            }
+        }
+        if let Some(synthetic) = &route.synthetic_cluster {
+            let synthetic_path = format!("{path}.synthetic_cluster");
+            let own = route.cluster == *synthetic
+                || route
+                    .split
+                    .as_ref()
+                    .is_some_and(|s| s.contains_key(synthetic))
+                || route
+                    .fallback
+                    .as_ref()
+                    .is_some_and(|f| f.clusters().contains(synthetic));
+            if own {
+                self.error(
+                    synthetic_path,
+                    format!("synthetic_cluster {synthetic:?} is a live cluster of the route"),
+                );
+            } else if !self.rules.clusters.contains_key(synthetic) {
+                self.error(synthetic_path, format!("unknown cluster {synthetic:?}"));
+            }
+        }
+    }
+
+    fn tenant(&mut self, name: &str, tenant: &TenantSpec) {
+        let path = format!("$.tenants{}", key_path(name));
+        self.name(&path, "tenant", name);
+        if let Some(max) = tenant.max_concurrent {
+            self.range(
+                format!("{path}.max_concurrent"),
+                "max_concurrent",
+                u64::from(max),
+                1,
+                TENANT_LIMIT_MAX,
+            );
+        }
+        match (tenant.requests_per_second, tenant.burst) {
+            (Some(rate), burst) => {
+                if !(rate.is_finite() && (0.001..=TENANT_LIMIT_MAX as f64).contains(&rate)) {
+                    self.error(
+                        format!("{path}.requests_per_second"),
+                        format!(
+                            "requests_per_second {rate} is out of range 0.001..={TENANT_LIMIT_MAX}"
+                        ),
+                    );
+                }
+                if let Some(burst) = burst {
+                    self.range(
+                        format!("{path}.burst"),
+                        "burst",
+                        u64::from(burst),
+                        1,
+                        TENANT_LIMIT_MAX,
+                    );
+                }
+            }
+            (None, Some(_)) => self.error(
+                format!("{path}.burst"),
+                "burst applies with requests_per_second only",
+            ),
+            (None, None) => {}
+        }
     }
 
     fn retry(&mut self, path: &str, retry: &RetrySpec) {
@@ -710,6 +787,11 @@ impl Validator<'_> {
         for (i, tenant) in when.tenants.iter().enumerate() {
             if tenant.is_empty() {
                 self.error(format!("{path}.tenants[{i}]"), "tenant is empty");
+            } else if !self.rules.tenants.is_empty() && !self.rules.tenants.contains_key(tenant) {
+                self.error(
+                    format!("{path}.tenants[{i}]"),
+                    format!("unknown tenant {tenant:?}: declare it in the top-level tenants"),
+                );
             }
         }
         for (attribute, values) in &when.attributes {

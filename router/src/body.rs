@@ -210,6 +210,14 @@ impl<G> UpstreamBody<G> {
     pub fn new(inner: Incoming, guard: G) -> Self {
         UpstreamBody { inner, guard }
     }
+
+    /// The same body with its guard replaced by `f(guard)` (to hold more until it ends).
+    pub fn map_guard<H>(self, f: impl FnOnce(G) -> H) -> UpstreamBody<H> {
+        UpstreamBody {
+            inner: self.inner,
+            guard: f(self.guard),
+        }
+    }
 }
 
 impl<G> Body for UpstreamBody<G> {

@@ -13,6 +13,14 @@ use clap::{ArgGroup, Parser};
 
 pub use service_runtime::telemetry::LogFormat;
 
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
+}
+
 /// The router's flags.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -90,6 +98,15 @@ pub struct Config {
     /// Header that carries the routing key.
     #[arg(long, value_name = "NAME", default_value = "x-routing-key")]
     pub routing_header: String,
+
+    /// Header that carries the caller's tenant (routes' `tenants`, the top-level `tenants`
+    /// limits).
+    #[arg(long, value_name = "NAME", default_value = "x-tenant-id")]
+    pub tenant_header: String,
+
+    /// Whether responses carry `x-served-by: cluster=..; endpoint=..; version=..`.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub served_by: bool,
 
     /// How often the rule-set file is checked for changes, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]

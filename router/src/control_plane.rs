@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderName;
 use models_config::ValidRuleSet;
 use routing_proto::lightbulb::v1 as pb;
 use routing_proto::lightbulb::v1::routing_config_client::RoutingConfigClient;
@@ -29,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Source};
 use crate::route::RouteTable;
-use crate::state::{ConfigSource, Shared};
+use crate::state::{ConfigSource, ProxySettings, Shared};
 
 /// The file in the snapshot dir holding the last applied snapshot (a models-config rule set).
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -85,27 +84,16 @@ impl Settings {
 /// `snapshot_dir` (source `snapshot`, ready at once), or, without a valid one, an empty
 /// table that is not ready until the first snapshot is applied.
 ///
-pub fn initial_state(
-    snapshot_dir: &Path,
-    routing_header: HeaderName,
-    access_log: bool,
-    workers: usize,
-) -> Shared {
+pub fn initial_state(snapshot_dir: &Path, settings: ProxySettings) -> Shared {
     if let Some(rule_set) = load_snapshot(snapshot_dir) {
-        let shared = Shared::new(
-            rule_set,
-            ConfigSource::Snapshot,
-            routing_header,
-            access_log,
-            workers,
-        );
+        let shared = Shared::new(rule_set, ConfigSource::Snapshot, settings);
         tracing::info!(
             version = shared.table.load().version,
             "serving the snapshot kept on disk until the control plane answers"
         );
         return shared;
     }
-    Shared::unconfigured(routing_header, access_log, workers)
+    Shared::unconfigured(settings)
 }
 
 /// Why a snapshot was not applied.

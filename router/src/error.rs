@@ -45,13 +45,30 @@ pub enum ProxyError {
     /// A concurrency limit was hit (a cluster's circuit breaker).
     #[error("too many requests in flight to the cluster")]
     Overloaded,
+    /// The tenant's `max_concurrent` requests are in flight.
+    #[error("too many requests of this tenant in flight")]
+    TenantOverloaded,
+    /// The tenant's rate and burst are used up; a token is back in this many seconds.
+    #[error("the tenant's request rate is exceeded")]
+    RateLimited(u32),
+    /// The route does not allow the request's tenant (or the request has none).
+    #[error("the route does not allow this tenant")]
+    TenantNotAllowed,
+    /// `x-traffic-class` holds an unknown value.
+    #[error("x-traffic-class must be live, synthetic, shadow or replay")]
+    InvalidTrafficClass,
 }
 
 impl ProxyError {
     /// The HTTP status of the error response.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::MissingRoutingKey => StatusCode::BAD_REQUEST,
+            ProxyError::MissingRoutingKey | ProxyError::InvalidTrafficClass => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::TenantNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::TenantOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownRoutingKey => StatusCode::NOT_FOUND,
             ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -70,16 +87,22 @@ impl ProxyError {
             ProxyError::UpstreamProtocol => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
-            ProxyError::Overloaded => "overloaded",
+            ProxyError::Overloaded | ProxyError::TenantOverloaded => "overloaded",
+            ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::TenantNotAllowed => "tenant_not_allowed",
+            ProxyError::InvalidTrafficClass => "invalid_traffic_class",
         }
     }
 
     /// The gRPC status code used for gRPC requests.
     pub fn grpc_status(self) -> u8 {
         match self {
-            ProxyError::MissingRoutingKey => 3, // INVALID_ARGUMENT
+            ProxyError::MissingRoutingKey | ProxyError::InvalidTrafficClass => 3, // INVALID_ARGUMENT
+            ProxyError::TenantNotAllowed => 7, // PERMISSION_DENIED
+            ProxyError::RateLimited(_) => 8,   // RESOURCE_EXHAUSTED
+            ProxyError::TenantOverloaded => 14, // UNAVAILABLE
             ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
-            ProxyError::UpstreamTimeout => 4,   // DEADLINE_EXCEEDED
+            ProxyError::UpstreamTimeout => 4,  // DEADLINE_EXCEEDED
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamProtocol
             | ProxyError::NoHealthyUpstream
@@ -90,8 +113,13 @@ impl ProxyError {
     /// Whose fault the failure is.
     pub fn fault(self) -> Fault {
         match self {
-            ProxyError::MissingRoutingKey | ProxyError::UnknownRoutingKey => Fault::Downstream,
-            ProxyError::Overloaded => Fault::Internal,
+            ProxyError::MissingRoutingKey
+            | ProxyError::UnknownRoutingKey
+            | ProxyError::InvalidTrafficClass
+            | ProxyError::TenantNotAllowed => Fault::Downstream,
+            ProxyError::Overloaded | ProxyError::TenantOverloaded | ProxyError::RateLimited(_) => {
+                Fault::Internal
+            }
             _ => Fault::Upstream,
         }
     }
@@ -130,9 +158,16 @@ impl ProxyError {
             *resp.body_mut() = B::from(Bytes::from(body.to_string()));
             *resp.status_mut() = self.status();
         }
-        if self == ProxyError::Overloaded {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::Overloaded | ProxyError::TenantOverloaded => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::RateLimited(seconds) => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
+            _ => {}
         }
         resp
     }
@@ -174,5 +209,19 @@ mod tests {
         let resp: Response<Full<Bytes>> = ProxyError::Overloaded.into_response(None, false);
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn tenant_refusals_have_their_statuses_and_retry_after() {
+        let limited: Response<Full<Bytes>> = ProxyError::RateLimited(7).into_response(None, false);
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()[RETRY_AFTER], "7");
+        let busy: Response<Full<Bytes>> = ProxyError::TenantOverloaded.into_response(None, false);
+        assert_eq!(busy.status(), 503);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        let denied: Response<Full<Bytes>> = ProxyError::TenantNotAllowed.into_response(None, true);
+        assert_eq!(denied.headers()[GRPC_STATUS], "7");
+        assert_eq!(ProxyError::RateLimited(1).grpc_status(), 8);
+        assert_eq!(ProxyError::InvalidTrafficClass.status(), 400);
     }
 }

@@ -209,6 +209,61 @@ pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool) {
     }
 }
 
+/// The header naming a request's traffic class.
+pub const TRAFFIC_CLASS: HeaderName = HeaderName::from_static("x-traffic-class");
+/// The attribution header of responses.
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+
+/// Where a request comes from (DESIGN §11): the `x-traffic-class` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficClass {
+    /// Real users' traffic (also when the header is absent).
+    Live,
+    /// Load tests, probes and other synthetic traffic.
+    Synthetic,
+    /// A mirrored copy.
+    Shadow,
+    /// Recorded traffic played again.
+    Replay,
+}
+
+impl TrafficClass {
+    /// How many classes there are.
+    pub const COUNT: usize = 4;
+
+    /// The class of a request with `headers`; `None` when the header holds another value.
+    #[inline]
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        match headers.get(TRAFFIC_CLASS).map(HeaderValue::as_bytes) {
+            None | Some(b"live") => Some(TrafficClass::Live),
+            Some(b"synthetic") => Some(TrafficClass::Synthetic),
+            Some(b"shadow") => Some(TrafficClass::Shadow),
+            Some(b"replay") => Some(TrafficClass::Replay),
+            Some(_) => None,
+        }
+    }
+
+    /// The label (`live`, `synthetic`, `shadow`, `replay`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficClass::Live => "live",
+            TrafficClass::Synthetic => "synthetic",
+            TrafficClass::Shadow => "shadow",
+            TrafficClass::Replay => "replay",
+        }
+    }
+
+    /// A dense index, for per-class arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether a route's `synthetic_cluster` takes this class.
+    pub fn is_synthetic(self) -> bool {
+        matches!(self, TrafficClass::Synthetic | TrafficClass::Replay)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 //! model server must not start over each time: its connection pool, the requests in flight
 //! on it, its health and its ejection belong to the **address**, and a table swap that keeps
 //! the address keeps all of it. The same holds for a cluster's in-flight and pending counts
-//! (the circuit breaker's), which belong to the cluster **name**.
+//! (the circuit breaker's), which belong to the cluster **name**, and a tenant's in-flight
+//! count and token bucket, which belong to the tenant **name**.
 //!
 //! The registry holds weak references only: tables own the [`Host`]s and [`ClusterState`]s,
 //! so an address that no table uses any more is dropped (its pool closed, its prober
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use http::uri::Authority;
 use models_config::ValidEndpoint;
 
+use crate::tenant::TenantState;
 use crate::upstream::Pool;
 
 /// Eligibility flag: the active health check says the host is unhealthy.
@@ -139,6 +141,7 @@ pub struct HostRegistry {
     workers: usize,
     hosts: Mutex<HashMap<Arc<str>, Weak<Host>>>,
     clusters: Mutex<HashMap<Arc<str>, Weak<ClusterState>>>,
+    tenants: Mutex<HashMap<Arc<str>, Weak<TenantState>>>,
 }
 
 /// Counts a request against its host (and its cluster, when the cluster has a circuit
@@ -205,6 +208,7 @@ impl HostRegistry {
             workers,
             hosts: Mutex::new(HashMap::new()),
             clusters: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
         }
     }
 
@@ -231,6 +235,17 @@ impl HostRegistry {
         state
     }
 
+    /// The state of tenant `name`: the live one when a table still uses it, else a new one.
+    pub fn tenant(&self, name: &Arc<str>) -> Arc<TenantState> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = tenants.get(name).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(TenantState::default());
+        tenants.insert(Arc::clone(name), Arc::downgrade(&state));
+        state
+    }
+
     /// Forgets entries whose host or cluster no table uses any more; called after a swap.
     pub fn prune(&self) {
         self.hosts
@@ -241,6 +256,10 @@ impl HostRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, c| c.strong_count() > 0);
+        self.tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, t| t.strong_count() > 0);
     }
 
     /// Number of live hosts (for tests and `GET /clusters`).

@@ -37,6 +37,7 @@ pub mod route;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod tenant;
 pub mod upstream;
 
 pub use service_runtime::{signal, telemetry};
@@ -149,20 +150,30 @@ impl Router {
             }
             None => None,
         };
+        let tenant_header = HeaderName::from_bytes(
+            config.tenant_header.to_ascii_lowercase().as_bytes(),
+        )
+        .map_err(|_| {
+            StartError::Flag(format!(
+                "--tenant-header: invalid header name {:?}",
+                config.tenant_header
+            ))
+        })?;
         let workers = config.worker_count();
+        let settings = state::ProxySettings {
+            routing_header,
+            tenant_header,
+            access_log: config.access_log,
+            attribution: config.served_by,
+            workers,
+        };
         let shared = match config.source() {
             Source::File(path) => {
                 let rule_set = models_config::load(path).map_err(|source| StartError::Config {
                     path: path.display().to_string(),
                     source,
                 })?;
-                Shared::new(
-                    rule_set,
-                    ConfigSource::File,
-                    routing_header,
-                    config.access_log,
-                    workers,
-                )
+                Shared::new(rule_set, ConfigSource::File, settings)
             }
             Source::ControlPlane(urls) => {
                 if urls.is_empty() {
@@ -179,12 +190,7 @@ impl Router {
                         config.snapshot_dir.display()
                     ))
                 })?;
-                control_plane::initial_state(
-                    &config.snapshot_dir,
-                    routing_header,
-                    config.access_log,
-                    workers,
-                )
+                control_plane::initial_state(&config.snapshot_dir, settings)
             }
         };
         let shared = Arc::new(shared);

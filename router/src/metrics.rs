@@ -11,6 +11,8 @@ use std::time::Duration;
 use http::StatusCode;
 use metrics::{Counter, Histogram, Unit};
 
+use crate::headers::TrafficClass;
+
 /// Requests answered, by route, cluster and status code.
 pub const REQUESTS_TOTAL: &str = "router_requests_total";
 /// Time from receiving the request to sending the response headers.
@@ -67,6 +69,12 @@ pub const MIRROR_DROPPED_TOTAL: &str = "router_mirror_dropped_total";
 pub const MIRROR_FAILED_TOTAL: &str = "router_mirror_failed_total";
 /// Mirror answers compared with the primary's, by route and `match` (`true`, `false`).
 pub const MIRROR_STATUS_MATCH_TOTAL: &str = "router_mirror_status_match_total";
+
+/// Requests of declared tenants, by tenant.
+pub const TENANT_REQUESTS_TOTAL: &str = "router_tenant_requests_total";
+/// Requests refused for their tenant, by tenant (`other` for an undeclared one, `none`
+/// without one) and reason (`not_allowed`, `rate_limited`, `max_concurrent`).
+pub const TENANT_REFUSED_TOTAL: &str = "router_tenant_refused_total";
 
 /// Histogram buckets for request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -156,6 +164,11 @@ pub fn describe() {
     );
     metrics::describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, "Failed health-check probes");
     metrics::describe_counter!(RETRIES_ABANDONED_TOTAL, "Retries not made, by reason");
+    metrics::describe_counter!(TENANT_REQUESTS_TOTAL, "Requests of declared tenants");
+    metrics::describe_counter!(
+        TENANT_REFUSED_TOTAL,
+        "Requests refused for their tenant, by reason"
+    );
     metrics::describe_counter!(MIRROR_REQUESTS_TOTAL, "Requests copied to a route's mirror");
     metrics::describe_counter!(MIRROR_DROPPED_TOTAL, "Mirror copies dropped, by reason");
     metrics::describe_counter!(MIRROR_FAILED_TOTAL, "Mirror copies that failed");
@@ -245,7 +258,8 @@ pub struct RouteMetrics {
 #[derive(Debug)]
 struct Handles {
     duration: Histogram,
-    by_status: [OnceLock<Counter>; STATUS_SLOTS.len()],
+    /// Per traffic class ([`TrafficClass::index`]), per status slot.
+    by_status: [[OnceLock<Counter>; STATUS_SLOTS.len()]; TrafficClass::COUNT],
     connect_failures: Counter,
     retries: Counter,
     fallbacks: Counter,
@@ -277,15 +291,15 @@ impl RouteMetrics {
         })
     }
 
-    /// Records one answered request.
-    pub fn record(&self, status: StatusCode, elapsed: Duration) {
+    /// Records one answered request of traffic class `class`.
+    pub fn record(&self, status: StatusCode, elapsed: Duration, class: TrafficClass) {
         let h = self.handles();
         h.duration.record(elapsed.as_secs_f64());
         match STATUS_SLOTS.iter().position(|&s| s == status.as_u16()) {
-            Some(i) => h.by_status[i]
-                .get_or_init(|| status_counter(&self.route, &self.cluster, status))
+            Some(i) => h.by_status[class.index()][i]
+                .get_or_init(|| status_counter(&self.route, &self.cluster, status, class))
                 .increment(1),
-            None => status_counter(&self.route, &self.cluster, status).increment(1),
+            None => status_counter(&self.route, &self.cluster, status, class).increment(1),
         }
     }
 
@@ -305,21 +319,32 @@ impl RouteMetrics {
     }
 }
 
-fn status_counter(route: &str, cluster: &str, status: StatusCode) -> Counter {
+fn status_counter(route: &str, cluster: &str, status: StatusCode, class: TrafficClass) -> Counter {
     metrics::counter!(
         REQUESTS_TOTAL,
         "route" => route.to_string(),
         "cluster" => cluster.to_string(),
-        "status" => status.as_str().to_string()
+        "status" => status.as_str().to_string(),
+        "traffic_class" => class.as_str()
     )
 }
 
+/// The counter of requests of declared tenant `tenant`.
+pub fn tenant_requests(tenant: &str) -> Counter {
+    metrics::counter!(TENANT_REQUESTS_TOTAL, "tenant" => tenant.to_string())
+}
+
+/// The counter of `tenant`'s requests refused for `reason`.
+pub fn tenant_refused(tenant: &str, reason: &'static str) -> Counter {
+    metrics::counter!(TENANT_REFUSED_TOTAL, "tenant" => tenant.to_string(), "reason" => reason)
+}
+
 /// Records a request that matched no route (or carried no key).
-pub fn record_unrouted(status: StatusCode, elapsed: Duration) {
+pub fn record_unrouted(status: StatusCode, elapsed: Duration, class: TrafficClass) {
     static UNROUTED: OnceLock<RouteMetrics> = OnceLock::new();
     UNROUTED
         .get_or_init(|| RouteMetrics::new(Arc::from(UNKNOWN_ROUTE), Arc::from(NO_CLUSTER)))
-        .record(status, elapsed);
+        .record(status, elapsed, class);
 }
 
 /// Records the outcome of a config reload and, on success, the table now in use.

@@ -27,8 +27,9 @@ use crate::metrics as router_metrics;
 use crate::rng;
 use crate::route::Cluster;
 
-/// The header mirrored requests carry, and its value.
-pub const TRAFFIC_CLASS: HeaderName = HeaderName::from_static("x-traffic-class");
+use crate::headers::TRAFFIC_CLASS;
+
+/// The traffic class mirrored requests carry.
 const SHADOW: HeaderValue = HeaderValue::from_static("shadow");
 
 /// Longest a mirror copy may take to be answered and read, whatever its cluster allows.

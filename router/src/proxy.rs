@@ -38,17 +38,19 @@ use crate::body::replay::Replayer;
 use crate::body::{RequestBody, Source, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::headers::TrafficClass;
 use crate::host::InFlight;
 use crate::metrics::{self, ActiveRequest};
 use crate::outlier::Outcome;
 use crate::retry::{RetryPermit, RetryPolicy};
 use crate::route::{Breaker, Cluster, Route, RouteTarget};
 use crate::state::Shared;
+use crate::tenant::{Refusal, Tenant, TenantPermit};
 use crate::upstream::SendError;
 
 /// The body of every response the router sends: the upstream's, streamed (holding its
-/// endpoint's in-flight count), or the router's own small error body.
-pub type ProxyBody = Either<UpstreamBody<InFlight>, Full<Bytes>>;
+/// endpoint's and its tenant's in-flight counts), or the router's own small error body.
+pub type ProxyBody = Either<UpstreamBody<(InFlight, Option<TenantPermit>)>, Full<Bytes>>;
 
 /// An upstream response on its way to the client.
 type Upstream = Response<UpstreamBody<InFlight>>;
@@ -92,66 +94,121 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let start = Instant::now();
     let _active = ActiveRequest::start();
     let grpc = headers::is_grpc(req.headers());
+    let class = TrafficClass::of(req.headers());
 
     // 1: route. The snapshot guard lives only inside this block.
-    let route: Arc<Route> = {
-        let Some(key) = req.headers().get(&shared.routing_header) else {
-            return unrouted(ProxyError::MissingRoutingKey, None, &req, grpc, start);
-        };
+    let (route, tenant): (Arc<Route>, Option<Arc<Tenant>>) = {
         let table = shared.table.load();
-        match table.route(key.as_bytes()) {
-            Some(route) => Arc::clone(route),
+        let version = table.served_by_version.as_ref();
+        let Some(key) = req.headers().get(&shared.routing_header) else {
+            return unrouted(
+                ProxyError::MissingRoutingKey,
+                None,
+                &req,
+                grpc,
+                start,
+                version,
+            );
+        };
+        let key = key.as_bytes();
+        if class.is_none() {
+            return unrouted(
+                ProxyError::InvalidTrafficClass,
+                Some(key),
+                &req,
+                grpc,
+                start,
+                version,
+            );
+        }
+        match table.route(key) {
+            Some(route) => {
+                let tenant = req
+                    .headers()
+                    .get(&shared.tenant_header)
+                    .and_then(|t| table.tenant(t.as_bytes()))
+                    .cloned();
+                (Arc::clone(route), tenant)
+            }
             None => {
-                let key = Some(key.as_bytes());
-                return unrouted(ProxyError::UnknownRoutingKey, key, &req, grpc, start);
+                return unrouted(
+                    ProxyError::UnknownRoutingKey,
+                    Some(key),
+                    &req,
+                    grpc,
+                    start,
+                    version,
+                );
             }
         }
     };
+    let class = class.unwrap_or(TrafficClass::Live);
+
+    // 2: admission of the tenant: allowed on the route, within its limits.
+    let admitted = admit_tenant(shared, &route, tenant.as_deref(), req.headers());
     let downstream_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, true);
-    headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
-    headers::ensure_request_id(&mut parts.headers);
-
-    // 2: pick the target cluster; start the mirror's copy when the route has one.
-    let target = route.pick_target(&parts.headers);
-    let mut mirrored = match &route.mirror {
-        Some(mirror) if mirror.sampled(&parts.headers, route.sticky_header.as_ref()) => mirror
-            .start(
-                &parts.method,
-                &parts.uri,
-                parts.version,
-                &parts.headers,
-                body.size_hint(),
-                !body.is_end_stream(),
-            ),
-        _ => None,
-    };
-    let tee = mirrored.as_mut().and_then(|m| m.tee.take());
-    let (out, upload_done) = Outgoing::new(&route, parts, body, tee);
-
-    // 3: admission, pick and forward, along the fallback chain. The route timeout covers
-    // connect attempts, fallbacks and the wait for response headers, and starts once the
-    // request body has been read: a client still uploading is not a slow model server.
-    let deadline = pin!(async {
-        if let Some(done) = upload_done {
-            let _ = done.await;
+    let (served_by, result, body_complete, tenant_permit, mirrored) = match admitted {
+        Err(err) => {
+            let complete = req.body().is_end_stream();
+            (&route.targets[0], Err(err), complete, None, None)
         }
-        tokio::time::sleep(route.timeout).await;
-    });
-    let (served_by, result, body_complete) =
-        forward(&route, target, out, downstream_version, deadline).await;
+        Ok(tenant_permit) => {
+            let (mut parts, body) = req.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, true);
+            headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
+            headers::ensure_request_id(&mut parts.headers);
 
-    // 4: respond.
+            // 3: pick the target cluster (synthetic traffic only ever to the route's
+            // synthetic cluster, when it has one); start the mirror's copy.
+            let (target, fallbacks) = match &route.synthetic {
+                Some(synthetic) if class.is_synthetic() => (synthetic, &[][..]),
+                _ => (route.pick_target(&parts.headers), &route.fallbacks[..]),
+            };
+            let mut mirrored = match &route.mirror {
+                Some(mirror) if mirror.sampled(&parts.headers, route.sticky_header.as_ref()) => {
+                    mirror.start(
+                        &parts.method,
+                        &parts.uri,
+                        parts.version,
+                        &parts.headers,
+                        body.size_hint(),
+                        !body.is_end_stream(),
+                    )
+                }
+                _ => None,
+            };
+            let tee = mirrored.as_mut().and_then(|m| m.tee.take());
+            let (out, upload_done) = Outgoing::new(&route, parts, body, tee);
+
+            // 4: admission, pick and forward on each cluster, along the fallback chain. The
+            // route timeout covers connect attempts, fallbacks and the wait for response
+            // headers, and starts once the request body has been read: a client still
+            // uploading is not a slow model server.
+            let deadline = pin!(async {
+                if let Some(done) = upload_done {
+                    let _ = done.await;
+                }
+                tokio::time::sleep(route.timeout).await;
+            });
+            let (served_by, result, complete) =
+                forward(&route, target, fallbacks, out, downstream_version, deadline).await;
+            (served_by, result, complete, tenant_permit, mirrored)
+        }
+    };
+
+    // 5: respond.
     let response = match result {
         Ok(mut resp) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
-            resp.map(Either::Left)
+            resp.map(|body| Either::Left(body.map_guard(|in_flight| (in_flight, tenant_permit))))
         }
         Err(err) => {
             tracing::debug!(route = %route.key, cluster = %served_by.cluster.name, error = %err, code = err.as_label(), "request failed");
             let mut resp = err.into_response(Some(route.key.as_bytes()), grpc);
             close_if_body_unread(&mut resp, downstream_version, body_complete);
+            if let Some(value) = &served_by.cluster.served_by_cluster {
+                resp.headers_mut().insert(headers::SERVED_BY, value.clone());
+            }
             resp.map(Either::Right)
         }
     };
@@ -159,18 +216,52 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         let _ = mirrored.status.send(response.status());
     }
     let elapsed = start.elapsed();
-    served_by.metrics.record(response.status(), elapsed);
+    served_by.metrics.record(response.status(), elapsed, class);
     if shared.access_log {
         tracing::info!(
             target: "access",
             client = %remote,
             route = %route.key,
             cluster = %served_by.cluster.name,
+            tenant = tenant.as_ref().map_or("", |t| &*t.name),
+            traffic_class = class.as_str(),
             status = response.status().as_u16(),
             duration_us = elapsed.as_micros() as u64,
         );
     }
     response
+}
+
+/// The tenant checks of the admission phase: the route allows the request's tenant, and
+/// the tenant (when declared with limits) is within them.
+#[inline]
+fn admit_tenant(
+    shared: &Shared,
+    route: &Route,
+    tenant: Option<&Tenant>,
+    headers: &HeaderMap,
+) -> Result<Option<TenantPermit>, ProxyError> {
+    if !route.tenants.is_empty() {
+        let given = headers
+            .get(&shared.tenant_header)
+            .map(HeaderValue::as_bytes);
+        if !route.allows(given) {
+            let label = match (tenant, given) {
+                (Some(t), _) => &*t.name,
+                (None, Some(_)) => "other",
+                (None, None) => "none",
+            };
+            metrics::tenant_refused(label, "not_allowed").increment(1);
+            return Err(ProxyError::TenantNotAllowed);
+        }
+    }
+    match tenant {
+        None => Ok(None),
+        Some(tenant) => tenant.admit().map_err(|refusal| match refusal {
+            Refusal::RateLimited(seconds) => ProxyError::RateLimited(seconds),
+            Refusal::Overloaded => ProxyError::TenantOverloaded,
+        }),
+    }
 }
 
 fn unrouted(
@@ -179,10 +270,15 @@ fn unrouted(
     req: &Request<Incoming>,
     grpc: bool,
     start: Instant,
+    served_by: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
     let mut resp = err.into_response(key, grpc);
     close_if_body_unread(&mut resp, req.version(), req.body().is_end_stream());
-    metrics::record_unrouted(resp.status(), start.elapsed());
+    if let Some(value) = served_by {
+        resp.headers_mut().insert(headers::SERVED_BY, value.clone());
+    }
+    let class = TrafficClass::of(req.headers()).unwrap_or(TrafficClass::Live);
+    metrics::record_unrouted(resp.status(), start.elapsed(), class);
     resp.map(Either::Right)
 }
 
@@ -319,6 +415,7 @@ impl Outgoing {
 async fn forward<'r, D: Future<Output = ()>>(
     route: &'r Route,
     target: &'r RouteTarget,
+    fallbacks: &'r [RouteTarget],
     mut out: Outgoing,
     downstream_version: Version,
     mut deadline: Pin<&mut D>,
@@ -342,6 +439,7 @@ async fn forward<'r, D: Future<Output = ()>>(
             Box::pin(fall_back(
                 route,
                 target,
+                fallbacks,
                 out,
                 why,
                 downstream_version,
@@ -357,13 +455,14 @@ async fn forward<'r, D: Future<Output = ()>>(
 async fn fall_back<'r, D: Future<Output = ()>>(
     route: &'r Route,
     first: &'r RouteTarget,
+    fallbacks: &'r [RouteTarget],
     mut out: Outgoing,
     mut why: ProxyError,
     downstream_version: Version,
     mut deadline: Pin<&mut D>,
 ) -> Forwarded<'r> {
     let mut last = first;
-    for fallback in route.fallbacks.iter() {
+    for fallback in fallbacks {
         if Arc::ptr_eq(&fallback.cluster, &first.cluster) {
             continue;
         }
@@ -485,7 +584,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                 let retriable =
                     policy.is_some_and(|p| tries < p.attempts && p.retries_response(&resp));
                 if !retriable {
-                    return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight)));
+                    return Ok(attributed(cluster, i, resp, in_flight));
                 }
                 match retry_allowed(route, cluster, out) {
                     Some(admitted) => {
@@ -498,7 +597,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                         backoff(target, policy, tries, deadline.as_mut()).await?;
                         continue;
                     }
-                    None => return Ok(resp.map(|inner| UpstreamBody::new(inner, in_flight))),
+                    None => return Ok(attributed(cluster, i, resp, in_flight)),
                 }
             }
             Some(Err(SendError::Exchange(e))) => {
@@ -563,6 +662,21 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         same_allowed = true;
         backoff(target, policy, tries, deadline.as_mut()).await?;
     }
+}
+
+/// The upstream's answer with `x-served-by` (when on), its body holding the in-flight count.
+#[inline]
+fn attributed(
+    cluster: &Cluster,
+    endpoint: usize,
+    mut resp: Response<Incoming>,
+    in_flight: InFlight,
+) -> Upstream {
+    if let Some(values) = &cluster.served_by {
+        resp.headers_mut()
+            .insert(headers::SERVED_BY, values[endpoint].clone());
+    }
+    resp.map(|inner| UpstreamBody::new(inner, in_flight))
 }
 
 /// Whether one more try may be made: the body can still be replayed and the cluster's

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use metrics::Counter;
 use models_config::spec::{CircuitBreakerSpec, HealthCheckSpec, LbPolicy, Protocol};
 use models_config::{ValidRuleSet, allocation};
@@ -25,6 +25,7 @@ use crate::mirror::Mirror;
 use crate::outlier::OutlierPolicy;
 use crate::retry::RetryPolicy;
 use crate::rng;
+use crate::tenant::Tenant;
 use crate::upstream::PendingLimit;
 
 /// A set of interchangeable endpoints and how to reach them.
@@ -58,6 +59,10 @@ pub struct Cluster {
     pub breaker: Option<Breaker>,
     /// The counts of the cluster that outlive tables (breaker, retry budget).
     pub state: Arc<ClusterState>,
+    /// `x-served-by` of each endpoint (same order), when attribution is on.
+    pub served_by: Option<Box<[HeaderValue]>>,
+    /// `x-served-by` of the router's own answers for this cluster, when attribution is on.
+    pub served_by_cluster: Option<HeaderValue>,
 }
 
 /// A cluster's circuit breaker: its limits and the counts they apply to.
@@ -104,6 +109,10 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     /// The mirror, when configured.
     pub mirror: Option<Mirror>,
+    /// Tenants allowed (empty: every request).
+    pub tenants: Box<[Arc<str>]>,
+    /// Where synthetic and replay traffic goes, when the route separates it.
+    pub synthetic: Option<RouteTarget>,
 }
 
 /// The whole routing state of one generation.
@@ -111,6 +120,10 @@ pub struct Route {
 pub struct RouteTable {
     routes: HashMap<Box<[u8]>, Arc<Route>>,
     clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
+    /// Declared tenants by name (empty: none declared, nothing to look up).
+    tenants: HashMap<Box<[u8]>, Arc<Tenant>>,
+    /// `x-served-by` of the router's answers that reach no cluster, when attribution is on.
+    pub served_by_version: Option<HeaderValue>,
     /// The rule set this table was built from.
     pub rule_set: ValidRuleSet,
     /// The rule set's version (assigned by the store; 0 for a hand-written file).
@@ -158,6 +171,15 @@ impl Cluster {
     /// Whether endpoint `i` may get new requests in this cluster.
     pub fn is_eligible(&self, i: usize) -> bool {
         self.endpoints[i].eligible(self.eligibility_mask)
+    }
+}
+
+impl Route {
+    /// Whether a request whose tenant header holds `tenant` may use this route.
+    #[inline]
+    pub fn allows(&self, tenant: Option<&[u8]>) -> bool {
+        self.tenants.is_empty()
+            || tenant.is_some_and(|t| self.tenants.iter().any(|a| a.as_bytes() == t))
     }
 }
 
@@ -230,7 +252,12 @@ impl RouteTable {
         probes: &ProbeSpawner,
         generation: u64,
         sha256: String,
+        attribution: bool,
     ) -> Self {
+        let version = rule_set.version;
+        let served_by_value = |text: String| {
+            HeaderValue::from_str(&text).expect("names, addresses and versions are header-safe")
+        };
         let mut clusters = BTreeMap::new();
         // Address → its prober's settings: the first cluster (by name) decides.
         let mut probed: HashMap<Arc<str>, Probed<'_>> = HashMap::new();
@@ -278,6 +305,19 @@ impl RouteTable {
                 Some(b) => Arc::clone(&b.state),
                 None => hosts.cluster(&name),
             };
+            let served_by = attribution.then(|| {
+                endpoints
+                    .iter()
+                    .map(|h| {
+                        served_by_value(format!(
+                            "cluster={name}; endpoint={}; version={version}",
+                            h.address
+                        ))
+                    })
+                    .collect::<Box<[HeaderValue]>>()
+            });
+            let served_by_cluster =
+                attribution.then(|| served_by_value(format!("cluster={name}; version={version}")));
             clusters.insert(
                 Arc::clone(&name),
                 Arc::new(Cluster {
@@ -297,6 +337,8 @@ impl RouteTable {
                     outlier: spec.outlier_detection.as_ref().map(OutlierPolicy::new),
                     breaker,
                     state,
+                    served_by,
+                    served_by_cluster,
                     name,
                 }),
             );
@@ -370,12 +412,31 @@ impl RouteTable {
                     sticky_header: parsed.and_then(|p| p.sticky_header.clone()),
                     retry,
                     mirror,
+                    tenants: spec.tenants.iter().map(|t| Arc::from(t.as_str())).collect(),
+                    synthetic: spec
+                        .synthetic_cluster
+                        .as_deref()
+                        .map(|name| target(cluster(name))),
                 }),
             );
         }
+        let tenants = rule_set
+            .tenants
+            .iter()
+            .map(|(name, spec)| {
+                let name_arc: Arc<str> = Arc::from(name.as_str());
+                let state = hosts.tenant(&name_arc);
+                (
+                    Box::from(name.as_bytes()),
+                    Arc::new(Tenant::new(name, spec, state)),
+                )
+            })
+            .collect();
         RouteTable {
             routes,
             clusters,
+            tenants,
+            served_by_version: attribution.then(|| served_by_value(format!("version={version}"))),
             version: rule_set.version,
             rule_set,
             generation,
@@ -386,6 +447,20 @@ impl RouteTable {
     /// The route of a routing key, by the raw header bytes (no UTF-8 check, no allocation).
     pub fn route(&self, key: &[u8]) -> Option<&Arc<Route>> {
         self.routes.get(key)
+    }
+
+    /// The declared tenant named by the header value `tenant`.
+    #[inline]
+    pub fn tenant(&self, tenant: &[u8]) -> Option<&Arc<Tenant>> {
+        if self.tenants.is_empty() {
+            return None;
+        }
+        self.tenants.get(tenant)
+    }
+
+    /// Declared tenants.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
     }
 
     /// Number of routes.
@@ -422,6 +497,7 @@ mod tests {
             &probes,
             generation,
             String::new(),
+            true,
         )
     }
 
@@ -548,7 +624,15 @@ mod tests {
     fn a_table_without_the_check_stops_probing() {
         let hosts = HostRegistry::new(1);
         let (probes, _receiver) = ProbeSpawner::new();
-        let first = RouteTable::build(rules(CHECKED), None, &hosts, &probes, 1, String::new());
+        let first = RouteTable::build(
+            rules(CHECKED),
+            None,
+            &hosts,
+            &probes,
+            1,
+            String::new(),
+            true,
+        );
         let host = Arc::clone(&first.route(b"k").unwrap().targets[0].cluster.endpoints[0]);
         assert!(health::is_probed(&host));
         host.set_flag(UNHEALTHY);
@@ -560,6 +644,7 @@ mod tests {
             &probes,
             2,
             String::new(),
+            true,
         );
         assert!(!health::is_probed(&host));
         assert!(

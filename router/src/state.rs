@@ -28,8 +28,12 @@ pub struct Shared {
     probe_receiver: Mutex<Option<ProbeReceiver>>,
     /// The header carrying the routing key.
     pub routing_header: HeaderName,
+    /// The header carrying the tenant.
+    pub tenant_header: HeaderName,
     /// Whether one access-log line is emitted per request (target `access`).
     pub access_log: bool,
+    /// Whether responses carry `x-served-by`.
+    pub attribution: bool,
     /// Proxy worker threads (one pool slot each).
     pub workers: usize,
     /// False while starting and once draining; `/readyz` answers 503 then.
@@ -45,18 +49,47 @@ pub struct Shared {
     apply_lock: Mutex<()>,
 }
 
+/// The fixed settings of the request path, from the command line.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// The header carrying the routing key.
+    pub routing_header: HeaderName,
+    /// The header carrying the tenant.
+    pub tenant_header: HeaderName,
+    /// Whether one access-log line is emitted per request.
+    pub access_log: bool,
+    /// Whether responses carry `x-served-by`.
+    pub attribution: bool,
+    /// Proxy worker threads.
+    pub workers: usize,
+}
+
+impl ProxySettings {
+    /// The defaults of the command line, with `workers` workers.
+    pub fn with_workers(workers: usize) -> Self {
+        ProxySettings {
+            routing_header: HeaderName::from_static("x-routing-key"),
+            tenant_header: HeaderName::from_static("x-tenant-id"),
+            access_log: false,
+            attribution: true,
+            workers,
+        }
+    }
+}
+
 impl Shared {
     /// Builds the first table from `rule_set`, which came from `source`.
-    pub fn new(
-        rule_set: ValidRuleSet,
-        source: ConfigSource,
-        routing_header: HeaderName,
-        access_log: bool,
-        workers: usize,
-    ) -> Self {
+    pub fn new(rule_set: ValidRuleSet, source: ConfigSource, settings: ProxySettings) -> Self {
+        let ProxySettings {
+            routing_header,
+            tenant_header,
+            access_log,
+            attribution,
+            workers,
+        } = settings;
         let hosts = HostRegistry::new(workers);
         let (probes, probe_receiver) = ProbeSpawner::new();
-        let table = build(rule_set, None, &hosts, &probes, 1);
+        let table = build(rule_set, None, &hosts, &probes, 1, attribution);
         metrics::record_table(table.version, table.generation, table.len());
         let shared = Shared {
             table: ArcSwap::from_pointee(table),
@@ -64,7 +97,9 @@ impl Shared {
             probes,
             probe_receiver: Mutex::new(Some(probe_receiver)),
             routing_header,
+            tenant_header,
             access_log,
+            attribution,
             workers,
             ready: AtomicBool::new(false),
             source: AtomicU8::new(source as u8),
@@ -78,15 +113,9 @@ impl Shared {
 
     /// An empty table (every key unknown) that is not ready until a rule set is applied:
     /// the start of a router following a control plane with no snapshot on disk.
-    pub fn unconfigured(routing_header: HeaderName, access_log: bool, workers: usize) -> Self {
+    pub fn unconfigured(settings: ProxySettings) -> Self {
         let empty = ValidRuleSet::new(RuleSet::default()).expect("an empty rule set is valid");
-        Self::new(
-            empty,
-            ConfigSource::None,
-            routing_header,
-            access_log,
-            workers,
-        )
+        Self::new(empty, ConfigSource::None, settings)
     }
 
     /// The receiver of the health-check probers, taken once by the runtime that runs them.
@@ -139,6 +168,7 @@ impl Shared {
             &self.hosts,
             &self.probes,
             generation,
+            self.attribution,
         ));
         metrics::record_reload(true);
         self.generation.store(generation, Ordering::Relaxed);
@@ -163,13 +193,22 @@ fn build(
     hosts: &HostRegistry,
     probes: &ProbeSpawner,
     generation: u64,
+    attribution: bool,
 ) -> RouteTable {
     for w in rule_set.warnings() {
         tracing::warn!(path = %w.path, "{}", w.message);
     }
     let canonical = serde_json::to_vec(rule_set.rules()).expect("a rule set serializes to JSON");
     let sha256 = hex(&Sha256::digest(&canonical));
-    RouteTable::build(rule_set, previous, hosts, probes, generation, sha256)
+    RouteTable::build(
+        rule_set,
+        previous,
+        hosts,
+        probes,
+        generation,
+        sha256,
+        attribution,
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {

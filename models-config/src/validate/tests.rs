@@ -1383,3 +1383,41 @@ fn sticky_header_needs_a_split_or_a_mirror() {
     );
     assert_eq!(route.retry_on, [RetryCondition::StatusClass(5)]);
 }
+
+// === tenants and traffic provenance (DESIGN §11) ===
+
+#[test]
+fn tenants_are_declared_and_their_limits_checked() {
+    let mut value: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+    value["tenants"] = serde_json::json!({
+        "search": { "max_concurrent": 0, "requests_per_second": 0.0001 },
+        "batch": { "burst": 5 },
+        "home": { "requests_per_second": 0.5 }
+    });
+    value["routes"]["ranker-v1"]["tenants"] = serde_json::json!(["search", "nope", "search"]);
+    value["routes"]["ranker-v1"]["synthetic_cluster"] = serde_json::json!("ranker-v1");
+    value["routes"]["ranker-v2"]["synthetic_cluster"] = serde_json::json!("missing");
+    value["objectives"]["ContinueWatchingRanking"]["rules"][0]["when"]["tenants"] =
+        serde_json::json!(["kids"]);
+    let rules: RuleSet = serde_json::from_value(value).unwrap();
+    assert_eq!(rules.tenants["home"].burst(), Some(1));
+    let r1 = r#"$.routes["ranker-v1"]"#;
+    let r2 = r#"$.routes["ranker-v2"]"#;
+    assert_errors(
+        &rules,
+        &[
+            &format!(
+                r#"{r1}.tenants[1]: unknown tenant "nope": declare it in the top-level tenants"#
+            ),
+            &format!(r#"{r1}.tenants[2]: duplicate tenant "search""#),
+            &format!(
+                r#"{r1}.synthetic_cluster: synthetic_cluster "ranker-v1" is a live cluster of the route"#
+            ),
+            &format!(r#"{r2}.synthetic_cluster: unknown cluster "missing""#),
+            r#"$.objectives["ContinueWatchingRanking"].rules[0].when.tenants[0]: unknown tenant "kids": declare it in the top-level tenants"#,
+            r#"$.tenants["batch"].burst: burst applies with requests_per_second only"#,
+            r#"$.tenants["search"].max_concurrent: max_concurrent 0 is out of range 1..=10000000"#,
+            r#"$.tenants["search"].requests_per_second: requests_per_second 0.0001 is out of range 0.001..=10000000"#,
+        ],
+    );
+}

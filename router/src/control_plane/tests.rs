@@ -1,8 +1,7 @@
 use std::time::Duration;
 
-use http::HeaderName;
-
 use super::*;
+use crate::state::ProxySettings;
 
 fn rule_set_json(version: u64, key: &str) -> String {
     serde_json::json!({
@@ -21,7 +20,7 @@ fn snapshot(version: u64, rule_set_json: String) -> pb::RoutingSnapshot {
 }
 
 fn unconfigured() -> Shared {
-    Shared::unconfigured(HeaderName::from_static("x-routing-key"), false, 1)
+    Shared::unconfigured(ProxySettings::with_workers(1))
 }
 
 #[test]
@@ -179,13 +178,12 @@ fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
 #[test]
 fn a_router_starts_from_its_snapshot_or_unconfigured() {
     let dir = tempfile::tempdir().unwrap();
-    let header = HeaderName::from_static("x-routing-key");
-    let empty = initial_state(dir.path(), header.clone(), false, 1);
+    let empty = initial_state(dir.path(), ProxySettings::with_workers(1));
     assert!(!empty.is_configured());
     assert_eq!(empty.source(), ConfigSource::None);
 
     persist(dir.path(), &rule_set_json(8, "ranker")).unwrap();
-    let from_disk = initial_state(dir.path(), header, false, 1);
+    let from_disk = initial_state(dir.path(), ProxySettings::with_workers(1));
     assert!(from_disk.is_configured());
     assert_eq!(from_disk.source(), ConfigSource::Snapshot);
     assert_eq!(from_disk.table.load().version, 8);

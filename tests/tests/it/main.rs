@@ -23,3 +23,4 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod support;
+mod tenancy;
