@@ -10,6 +10,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # protoc: etcd-client's build script; etcd: the etcd store's integration tests.
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+# openssl: the identity tests generate their signing keys at run time (none is committed).
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

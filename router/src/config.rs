@@ -99,6 +99,25 @@ pub struct Config {
     #[arg(long, value_name = "NAME", default_value = "x-routing-key")]
     pub routing_header: String,
 
+    /// JWKS file (JSON Web Key Set) whose keys verify `Authorization: Bearer` tokens; every
+    /// proxied request then needs a valid one (RS256, ES256 or EdDSA), else 401. Re-read
+    /// when it changes. Requires --jwt-issuer and --jwt-audience.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// With --jwt-jwks: the `iss` every token must carry.
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+
+    /// With --jwt-jwks: the audience every token's `aud` must contain.
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
+    /// With --jwt-jwks: set request header HEADER to the token's claim CLAIM (removing any
+    /// value the client sent), e.g. `sub=x-forwarded-user`, `tenant=x-tenant-id`. Repeatable.
+    #[arg(long, value_name = "CLAIM=HEADER")]
+    pub jwt_claim_header: Vec<String>,
+
     /// Header that carries the caller's tenant (routes' `tenants`, the top-level `tenants`
     /// limits).
     #[arg(long, value_name = "NAME", default_value = "x-tenant-id")]

@@ -5,7 +5,7 @@
 //! nothing; the body is only formatted when the response is built.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS};
@@ -54,6 +54,9 @@ pub enum ProxyError {
     /// The route does not allow the request's tenant (or the request has none).
     #[error("the route does not allow this tenant")]
     TenantNotAllowed,
+    /// The bearer token is missing or does not verify.
+    #[error("a valid bearer token is required")]
+    Unauthenticated,
     /// `x-traffic-class` holds an unknown value.
     #[error("x-traffic-class must be live, synthetic, shadow or replay")]
     InvalidTrafficClass,
@@ -67,6 +70,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::TenantNotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::TenantOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownRoutingKey => StatusCode::NOT_FOUND,
@@ -90,6 +94,7 @@ impl ProxyError {
             ProxyError::Overloaded | ProxyError::TenantOverloaded => "overloaded",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::TenantNotAllowed => "tenant_not_allowed",
+            ProxyError::Unauthenticated => "unauthenticated",
             ProxyError::InvalidTrafficClass => "invalid_traffic_class",
         }
     }
@@ -99,6 +104,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingRoutingKey | ProxyError::InvalidTrafficClass => 3, // INVALID_ARGUMENT
             ProxyError::TenantNotAllowed => 7, // PERMISSION_DENIED
+            ProxyError::Unauthenticated => 16, // UNAUTHENTICATED
             ProxyError::RateLimited(_) => 8,   // RESOURCE_EXHAUSTED
             ProxyError::TenantOverloaded => 14, // UNAVAILABLE
             ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
@@ -116,7 +122,8 @@ impl ProxyError {
             ProxyError::MissingRoutingKey
             | ProxyError::UnknownRoutingKey
             | ProxyError::InvalidTrafficClass
-            | ProxyError::TenantNotAllowed => Fault::Downstream,
+            | ProxyError::TenantNotAllowed
+            | ProxyError::Unauthenticated => Fault::Downstream,
             ProxyError::Overloaded | ProxyError::TenantOverloaded | ProxyError::RateLimited(_) => {
                 Fault::Internal
             }
@@ -162,6 +169,10 @@ impl ProxyError {
             ProxyError::Overloaded | ProxyError::TenantOverloaded => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::Unauthenticated => {
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ProxyError::RateLimited(seconds) => {
                 resp.headers_mut()

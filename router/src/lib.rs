@@ -26,6 +26,7 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod host;
+pub mod identity;
 pub mod metrics;
 pub mod mirror;
 pub mod outlier;
@@ -160,11 +161,27 @@ impl Router {
             ))
         })?;
         let workers = config.worker_count();
+        let identity = match &config.jwt_jwks {
+            None => None,
+            Some(jwks) => {
+                let (Some(issuer), Some(audience)) = (&config.jwt_issuer, &config.jwt_audience)
+                else {
+                    return Err(StartError::Flag(
+                        "--jwt-jwks needs --jwt-issuer and --jwt-audience".to_string(),
+                    ));
+                };
+                let verifier =
+                    identity::Verifier::new(jwks, issuer, audience, &config.jwt_claim_header)
+                        .map_err(|e| StartError::Flag(e.to_string()))?;
+                Some(Arc::new(verifier))
+            }
+        };
         let settings = state::ProxySettings {
             routing_header,
             tenant_header,
             access_log: config.access_log,
             attribution: config.served_by,
+            identity,
             workers,
         };
         let shared = match config.source() {
@@ -300,6 +317,15 @@ impl Router {
                     ))
                 }
             };
+            let jwks_watcher = match (&config.jwt_jwks, &shared.identity) {
+                (Some(path), Some(verifier)) => Some(tokio::spawn(identity::watch_jwks(
+                    path.clone(),
+                    config.watch_interval(),
+                    Arc::clone(verifier),
+                    stop_control.clone(),
+                ))),
+                _ => None,
+            };
             let probers = shared
                 .take_probers()
                 .map(|probes| tokio::spawn(health::run_probers(probes, stop_control.clone())));
@@ -358,6 +384,9 @@ impl Router {
             let _ = upkeep.await;
             if let Some(probers) = probers {
                 let _ = probers.await;
+            }
+            if let Some(jwks_watcher) = jwks_watcher {
+                let _ = jwks_watcher.await;
             }
             if let Some(admin) = admin_server {
                 let _ = admin.await;

@@ -94,6 +94,32 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let start = Instant::now();
     let _active = ActiveRequest::start();
     let grpc = headers::is_grpc(req.headers());
+    let mut req = req;
+
+    // 0: identity, before anything reads the request: the token verified, its claims
+    // written over the headers they map to.
+    if let Some(identity) = &shared.identity {
+        match identity.authenticate(req.headers()) {
+            Ok(verified) => identity.apply(&verified, req.headers_mut()),
+            Err(why) => {
+                tracing::debug!(client = %remote, reason = why, "request refused: unauthenticated");
+                let version = shared.table.load().served_by_version.clone();
+                let key = req
+                    .headers()
+                    .get(&shared.routing_header)
+                    .map(HeaderValue::as_bytes);
+                return unrouted(
+                    conn,
+                    ProxyError::Unauthenticated,
+                    key,
+                    &req,
+                    grpc,
+                    start,
+                    version.as_ref(),
+                );
+            }
+        }
+    }
     let class = TrafficClass::of(req.headers());
 
     // 1: route. The snapshot guard lives only inside this block.
@@ -102,6 +128,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         let version = table.served_by_version.as_ref();
         let Some(key) = req.headers().get(&shared.routing_header) else {
             return unrouted(
+                conn,
                 ProxyError::MissingRoutingKey,
                 None,
                 &req,
@@ -113,6 +140,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         let key = key.as_bytes();
         if class.is_none() {
             return unrouted(
+                conn,
                 ProxyError::InvalidTrafficClass,
                 Some(key),
                 &req,
@@ -132,6 +160,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             }
             None => {
                 return unrouted(
+                    conn,
                     ProxyError::UnknownRoutingKey,
                     Some(key),
                     &req,
@@ -264,7 +293,11 @@ fn admit_tenant(
     }
 }
 
+/// The router's own answer to a request that reached no route (no or unknown key, bad
+/// traffic class, no valid token), counted and access-logged like every answer.
+#[cold]
 fn unrouted(
+    conn: &Proxy,
     err: ProxyError,
     key: Option<&[u8]>,
     req: &Request<Incoming>,
@@ -278,7 +311,20 @@ fn unrouted(
         resp.headers_mut().insert(headers::SERVED_BY, value.clone());
     }
     let class = TrafficClass::of(req.headers()).unwrap_or(TrafficClass::Live);
-    metrics::record_unrouted(resp.status(), start.elapsed(), class);
+    let elapsed = start.elapsed();
+    metrics::record_unrouted(resp.status(), elapsed, class);
+    if conn.shared.access_log {
+        tracing::info!(
+            target: "access",
+            client = %conn.remote,
+            route = metrics::UNKNOWN_ROUTE,
+            routing_key = %String::from_utf8_lossy(key.unwrap_or_default()),
+            traffic_class = class.as_str(),
+            status = resp.status().as_u16(),
+            code = err.as_label(),
+            duration_us = elapsed.as_micros() as u64,
+        );
+    }
     resp.map(Either::Right)
 }
 

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::health::{ProbeReceiver, ProbeSpawner};
 use crate::host::HostRegistry;
+use crate::identity::Verifier;
 use crate::metrics;
 use crate::route::RouteTable;
 pub use crate::source::ConfigSource;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub access_log: bool,
     /// Whether responses carry `x-served-by`.
     pub attribution: bool,
+    /// Verifies bearer tokens, when `--jwt-jwks` is given.
+    pub identity: Option<Arc<Verifier>>,
     /// Proxy worker threads (one pool slot each).
     pub workers: usize,
     /// False while starting and once draining; `/readyz` answers 503 then.
@@ -60,6 +63,8 @@ pub struct ProxySettings {
     pub access_log: bool,
     /// Whether responses carry `x-served-by`.
     pub attribution: bool,
+    /// Verifies bearer tokens, when `--jwt-jwks` is given.
+    pub identity: Option<Arc<Verifier>>,
     /// Proxy worker threads.
     pub workers: usize,
 }
@@ -72,6 +77,7 @@ impl ProxySettings {
             tenant_header: HeaderName::from_static("x-tenant-id"),
             access_log: false,
             attribution: true,
+            identity: None,
             workers,
         }
     }
@@ -85,6 +91,7 @@ impl Shared {
             tenant_header,
             access_log,
             attribution,
+            identity,
             workers,
         } = settings;
         let hosts = HostRegistry::new(workers);
@@ -100,6 +107,7 @@ impl Shared {
             tenant_header,
             access_log,
             attribution,
+            identity,
             workers,
             ready: AtomicBool::new(false),
             source: AtomicU8::new(source as u8),

@@ -18,6 +18,8 @@
 //! - [`process`]: what both share: locating a workspace binary, spawning it with its output
 //!   captured, waiting for its listening line, SIGTERM, exit, kill on drop; reading a
 //!   process's resident memory.
+//! - [`jwt`]: signing keys generated with `openssl` at run time, the JWKS file the router
+//!   watches, signed tokens and the malformed ones it must refuse.
 //! - [`client`]: small hyper client helpers (HTTP/1.1 and h2c, streaming bodies).
 //! - [`pattern`]: deterministic pseudo-random bytes, so large bodies are compared by hash
 //!   without holding them in memory.
@@ -31,6 +33,7 @@ pub mod client;
 pub mod etcd;
 pub mod fake_grpc;
 pub mod fake_model;
+pub mod jwt;
 pub mod lightbulb;
 pub mod pattern;
 pub mod process;

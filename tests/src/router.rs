@@ -126,6 +126,20 @@ impl RouterProcess {
             .await
     }
 
+    /// [`RouterProcess::start_expecting_failure`] with extra command-line arguments appended.
+    ///
+    /// # Panics
+    ///
+    /// As [`RouterProcess::start_expecting_failure`].
+    pub async fn start_expecting_failure_with_args(
+        rule_set: &serde_json::Value,
+        extra: &[&str],
+    ) -> FailedStart {
+        SERVICE
+            .start_expecting_failure_with_args(&rule_set_text(rule_set), extra)
+            .await
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()

@@ -6,20 +6,7 @@ use http::Method;
 use integration_tests::{FakeModel, HttpClient, RouterProcess, client, trace_init};
 use serde_json::Value;
 
-use crate::support::{CLIENT_VERSIONS, assert_status, fetch, h1_h2_router, keyed};
-
-/// The values the upstream saw for `name` (lower case), in order.
-fn seen(json: &Value, name: &str) -> Vec<String> {
-    json["headers"][name]
-        .as_array()
-        .map(|values| {
-            values
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::support::{CLIENT_VERSIONS, assert_status, fetch, h1_h2_router, keyed, seen};
 
 /// Asserts that the upstream behind `key` did not see header `name`.
 fn assert_not_forwarded(got: &Value, name: &str, key: &str) {

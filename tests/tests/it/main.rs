@@ -1,7 +1,7 @@
 //! Integration tests: the real `router` binary between test clients and fake upstreams.
 //!
 //! One test binary (fast linking); each module covers one part of the router's contract
-//! (DESIGN.md §6, §10 and §11). Every test starts its own router process and fakes on
+//! (DESIGN.md §6, §10, §11 and §12). Every test starts its own router process and fakes on
 //! `127.0.0.1:0`, so tests run in parallel; dropping them stops them.
 //!
 //! Build the router first: `cargo build -p router && cargo nextest run -p integration-tests`.
@@ -15,6 +15,7 @@ mod etcd_store;
 mod grpc;
 mod headers;
 mod health;
+mod identity;
 mod lightbulb;
 mod mirror;
 mod reload;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Version};
+use http::{Method, Version, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use integration_tests::client::{self, Body, ROUTING_KEY};
@@ -450,4 +450,65 @@ pub async fn say(
     within(what, DEADLINE, client.say(request))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// A raw gRPC request (h2c, `application/grpc+proto`) to `Say` with `key` and the `headers`
+/// added, carrying one empty length-prefixed message, read to the end.
+pub async fn grpc_call(router: &RouterProcess, key: &str, headers: &[(&str, &str)]) -> Collected {
+    let mut builder = client::request(Method::POST, router.proxy_addr, "/echo.v1.Echo/Say")
+        .header(header::CONTENT_TYPE, "application/grpc+proto")
+        .header(header::TE, "trailers")
+        .header(ROUTING_KEY, key);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder
+        .body(client::full(vec![0u8; 5]))
+        .expect("a valid request");
+    fetch(&HttpClient::h2c(), req).await
+}
+
+/// Asserts `resp` is a trailers-only gRPC answer (HTTP 200, `grpc-status` in the head, no
+/// body) with status `code` and a `grpc-message`.
+#[track_caller]
+pub fn assert_trailers_only(resp: &Collected, code: &str, what: &str) {
+    assert_eq!(
+        resp.status, 200,
+        "{what}: gRPC errors are HTTP 200: {resp:?}"
+    );
+    assert_eq!(
+        resp.header("grpc-status").as_deref(),
+        Some(code),
+        "{what}: grpc-status in the head of a trailers-only answer (headers {:?}, trailers {:?})",
+        resp.headers,
+        resp.trailers
+    );
+    assert!(
+        resp.header("grpc-message").is_some_and(|m| !m.is_empty()),
+        "{what}: a grpc-message explains the refusal: {:?}",
+        resp.headers
+    );
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|c| c.starts_with("application/grpc")),
+        "{what}: {:?}",
+        resp.headers
+    );
+    assert!(
+        resp.body.is_empty(),
+        "{what}: a trailers-only answer has no body"
+    );
+}
+
+/// The values the fake's `/headers` answer `json` says it saw for `name` (lower case), in order.
+pub fn seen(json: &Value, name: &str) -> Vec<String> {
+    json["headers"][name]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

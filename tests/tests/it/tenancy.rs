@@ -11,9 +11,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Version, header};
+use http::{Method, Version};
 use hyper::body::Incoming;
-use integration_tests::client::{self, Body, ROUTING_KEY};
+use integration_tests::client::{self, Body};
 use integration_tests::fake_grpc::pb::SayRequest;
 use integration_tests::fake_grpc::pb::echo_client::EchoClient;
 use integration_tests::fake_model::{SERVER_HEADER, sse_chunk};
@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::support::{
-    CLIENT_VERSIONS, echo_client, expect_end, expect_router_error, fetch, keyed, keyed_call,
-    read_exactly, refused_naming, route_k_rules, wait_for_cluster, wait_for_metric_exactly,
-    with_fields,
+    CLIENT_VERSIONS, assert_trailers_only, echo_client, expect_end, expect_router_error, fetch,
+    grpc_call, keyed, keyed_call, read_exactly, refused_naming, route_k_rules, wait_for_cluster,
+    wait_for_metric_exactly, with_fields,
 };
 
 /// The header naming a request's tenant (without `--tenant-header`).
@@ -133,54 +133,6 @@ fn assert_rate_limited(resp: &Collected, key: &str, what: &str) {
 fn assert_not_allowed(resp: &Collected, key: &str, what: &str) {
     let error = expect_router_error(resp, 403, "tenant_not_allowed");
     assert_eq!(error["routing_key"], key, "{what}");
-}
-
-/// A raw gRPC request (h2c, `application/grpc+proto`) to `Say` with `key` and the `headers`
-/// added, carrying one empty length-prefixed message, read to the end.
-async fn grpc_call(router: &RouterProcess, key: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut builder = client::request(Method::POST, router.proxy_addr, "/echo.v1.Echo/Say")
-        .header(header::CONTENT_TYPE, "application/grpc+proto")
-        .header(header::TE, "trailers")
-        .header(ROUTING_KEY, key);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let req = builder
-        .body(client::full(vec![0u8; 5]))
-        .expect("a valid request");
-    fetch(&HttpClient::h2c(), req).await
-}
-
-/// Asserts `resp` is a trailers-only gRPC answer (HTTP 200, `grpc-status` in the head, no
-/// body) with status `code` and a `grpc-message`.
-#[track_caller]
-fn assert_trailers_only(resp: &Collected, code: &str, what: &str) {
-    assert_eq!(
-        resp.status, 200,
-        "{what}: gRPC errors are HTTP 200: {resp:?}"
-    );
-    assert_eq!(
-        resp.header("grpc-status").as_deref(),
-        Some(code),
-        "{what}: grpc-status in the head of a trailers-only answer (headers {:?}, trailers {:?})",
-        resp.headers,
-        resp.trailers
-    );
-    assert!(
-        resp.header("grpc-message").is_some_and(|m| !m.is_empty()),
-        "{what}: a grpc-message explains the refusal: {:?}",
-        resp.headers
-    );
-    assert!(
-        resp.header("content-type")
-            .is_some_and(|c| c.starts_with("application/grpc")),
-        "{what}: {:?}",
-        resp.headers
-    );
-    assert!(
-        resp.body.is_empty(),
-        "{what}: a trailers-only answer has no body"
-    );
 }
 
 /// `Say("hi")` with `key`, as `tenant` when given, within the deadline.
