@@ -47,9 +47,11 @@ rules = json.load(open(f"{wd}/router-prod-small.json"))
 for c in rules["clusters"].values():
     c["health_check"]["interval_ms"] = 60000
 json.dump(rules, open(f"{wd}/router-prod-slow-probes.json", "w"))
-# The same without the retry policy: the endpoint-health blocks alone.
+# The same without the retry policy and the tenants: the endpoint-health blocks alone.
 for r in rules["routes"].values():
     r.pop("retry", None)
+    r.pop("tenants", None)
+rules.pop("tenants", None)
 json.dump(rules, open(f"{wd}/router-health-slow-probes.json", "w"))
 # The bare set with every request of every key mirrored (100 %) to the next cluster.
 bare = json.load(open(f"{wd}/router-small.json"))
@@ -73,7 +75,7 @@ total_instructions() {
         --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --workers 1 >"$log" 2>&1 &
     local pid=$!
     for _ in $(seq 600); do grep -q "router listening" "$log" && break; sleep 0.1; done
-    h2load "${h2flag[@]}" -n "$n" -c 4 -m 1 -H "x-routing-key: $KEY" "http://127.0.0.1:$PORT/" >/dev/null
+    h2load "${h2flag[@]}" -n "$n" -c 4 -m 1 -H "x-tenant-id: bench" -H "x-routing-key: $KEY" "http://127.0.0.1:$PORT/" >/dev/null
     kill -INT "$pid"
     wait "$pid" || true
     grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'

@@ -328,14 +328,20 @@ PRODUCTION_CLUSTER = {
                           "base_ejection_ms": 30000, "max_ejection_percent": 50},
     "circuit_breaker": {"max_requests": 100000, "max_pending": 100000},
 }
-# Added to every route: a retry policy with the replay buffer (nothing fails, so it never
+# Every load generator sends this tenant (the peers ignore the header).
+TENANT = "bench"
+# Added to every route: the load's tenant as the only one allowed, and a retry policy with the replay buffer (nothing fails, so it never
 # retries; it keeps up to 4 MiB of each body for a replay, then lets go).
 PRODUCTION_ROUTE: dict = {
+    "tenants": [TENANT],
     "retry": {"attempts": 2, "on": ["connect_failure", "reset", "503"],
               "backoff_ms": 25, "budget_percent": 20, "replay_buffer_bytes": 4194304},
 }
-# Top-level blocks added to the rule set (tenants with limits go here).
-PRODUCTION_TOP: dict = {}
+# Top-level blocks added to the rule set: the load's tenant with limits far above the load
+# (nothing is refused), so every request goes through the tenant's admission.
+PRODUCTION_TOP: dict = {
+    "tenants": {TENANT: {"max_concurrent": 100000, "requests_per_second": 10000000, "burst": 10000000}},
+}
 
 
 def production(rules: dict) -> dict:
@@ -359,7 +365,7 @@ local i = 0
 function init(args)
   for _, k in ipairs(keys) do
     n = n + 1
-    reqs[n] = wrk.format("GET", "/", {{["x-routing-key"] = k}})
+    reqs[n] = wrk.format("GET", "/", {{["x-routing-key"] = k, ["x-tenant-id"] = "bench"}})
   end
 end
 function request()
@@ -701,7 +707,7 @@ def cmd_wrk(a) -> None:
 
 def cmd_h2load(a) -> None:
     cmd = ["taskset", "-c", a.load_cpu, "h2load", "-t1", f"-c{a.connections}", f"-m{a.streams}",
-           "-D", str(a.duration), "-H", f"x-routing-key: {a.key}", a.url]
+           "-D", str(a.duration), "-H", f"x-routing-key: {a.key}", "-H", f"x-tenant-id: {TENANT}", a.url]
     with CpuMeter(parse_pids(a.proxy_pids), parse_pids(a.upstream_pids)) as m:
         p = _run(cmd, a.duration + 60)
     out = p.stdout
@@ -729,7 +735,7 @@ def cmd_h2load(a) -> None:
 def cmd_oha(a) -> None:
     cmd = ["taskset", "-c", a.load_cpu, "oha", "--no-tui", "--output-format", "json",
            "-q", str(a.rate), "-z", f"{a.duration}s", "-w", "--latency-correction", "--disable-compression",
-           "-c", str(a.connections), "-H", f"x-routing-key: {a.key}", a.url]
+           "-c", str(a.connections), "-H", f"x-routing-key: {a.key}", "-H", f"x-tenant-id: {TENANT}", a.url]
     with CpuMeter(parse_pids(a.proxy_pids), parse_pids(a.upstream_pids)) as m:
         p = _run(cmd, a.duration + 60)
     try:
@@ -777,7 +783,7 @@ def cmd_upload(a) -> None:
     peak = rss0
     out_path = a.file + f".resp.{os.getpid()}"
     cmd = ["taskset", "-c", a.load_cpu, "curl", "-sS", "-o", out_path, "-H", "Expect:",
-           "-H", f"x-routing-key: {a.key}", "-T", a.file, "--max-time", str(a.max_time),
+           "-H", f"x-routing-key: {a.key}", "-H", f"x-tenant-id: {TENANT}", "-T", a.file, "--max-time", str(a.max_time),
            "-w", "%{http_code} %{time_total} %{size_upload}", a.url]
     with CpuMeter(pids, []) as m:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -349,12 +349,12 @@ for tb in "${TABLES[@]}"; do
     for t in ${TARGETS//,/ }; do
         [[ "$t" == direct && "$tb" != small ]] && continue
         p1="$(port "$t" "$tb" h1)"; p2="$(port "$t" "$tb" h2)"; pu="$(port "$t" "$tb" upload)"
-        check "$t/$tb HTTP/1.1" "200 64 1.1" -H "x-routing-key: $key" "http://127.0.0.1:$p1/"
-        check "$t/$tb h2c" "200 64 2" --http2-prior-knowledge -H "x-routing-key: $key" "http://127.0.0.1:$p2/"
+        check "$t/$tb HTTP/1.1" "200 64 1.1" -H "x-tenant-id: bench" -H "x-routing-key: $key" "http://127.0.0.1:$p1/"
+        check "$t/$tb h2c" "200 64 2" --http2-prior-knowledge -H "x-tenant-id: bench" -H "x-routing-key: $key" "http://127.0.0.1:$p2/"
         if [[ "$t" != direct ]]; then
-            check "$t/$tb unknown key" "404 *" -H "x-routing-key: no-such-key" "http://127.0.0.1:$p1/"
+            check "$t/$tb unknown key" "404 *" -H "x-tenant-id: bench" -H "x-routing-key: no-such-key" "http://127.0.0.1:$p1/"
         fi
-        resp="$(curl -sS --max-time 20 -H 'Expect:' -H 'x-routing-key: upload' -T "$WORK/small-upload.bin" "http://127.0.0.1:$pu/" || true)"
+        resp="$(curl -sS --max-time 20 -H 'Expect:' -H 'x-tenant-id: bench' -H 'x-routing-key: upload' -T "$WORK/small-upload.bin" "http://127.0.0.1:$pu/" || true)"
         [[ "$resp" == '{"received": 1048576}' ]] || die "sanity check failed: $t/$tb upload: got '$resp'"
     done
 done

@@ -66,6 +66,8 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     crate::metrics::refresh_gauges();
     let table = admin.shared.table.load_full();
     for cluster in table.clusters() {
+        let active = cluster.endpoints.iter().map(|h| h.active_requests()).sum();
+        crate::metrics::record_cluster_active(&cluster.name, active);
         if cluster.eligibility_mask == 0 {
             continue;
         }

@@ -45,18 +45,27 @@ pub struct Source {
     ended: Option<oneshot::Sender<()>>,
     tee: Option<tee::Sender>,
     done: bool,
+    /// Bytes read so far, and the counter they go to once the body ends.
+    read: u64,
+    meter: Option<metrics::Counter>,
 }
 
 impl Source {
     /// Wraps the client's body; the receiver resolves when it has been read whole (or is
     /// dropped).
-    pub fn new(incoming: Incoming, tee: Option<tee::Sender>) -> (Self, oneshot::Receiver<()>) {
+    pub fn new(
+        incoming: Incoming,
+        tee: Option<tee::Sender>,
+        meter: Option<metrics::Counter>,
+    ) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let source = Source {
             incoming,
             ended: Some(tx),
             tee,
             done: false,
+            read: 0,
+            meter,
         };
         (source, rx)
     }
@@ -78,6 +87,9 @@ impl Source {
         let polled = Pin::new(&mut self.incoming).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.read += data.len() as u64;
+                }
                 if let Some(tee) = &mut self.tee {
                     tee.push(frame);
                 }
@@ -94,6 +106,9 @@ impl Source {
 
     fn finish(&mut self, complete: bool) {
         self.done = true;
+        if let Some(meter) = self.meter.take() {
+            meter.increment(self.read);
+        }
         if let Some(tx) = self.ended.take() {
             let _ = tx.send(());
         }
@@ -107,6 +122,14 @@ impl Source {
     }
 }
 
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Some(meter) = self.meter.take() {
+            meter.increment(self.read);
+        }
+    }
+}
+
 impl RequestBody {
     /// The client's body, read once. For a body that is already complete (no body, as for
     /// most GETs) the second value is `None` and nothing is allocated; otherwise it resolves
@@ -114,6 +137,7 @@ impl RequestBody {
     pub fn new(
         incoming: Incoming,
         tee: Option<tee::Sender>,
+        meter: Option<metrics::Counter>,
     ) -> (Self, Option<oneshot::Receiver<()>>) {
         if incoming.is_end_stream() {
             if let Some(tee) = tee {
@@ -121,7 +145,7 @@ impl RequestBody {
             }
             return (RequestBody { kind: Kind::Empty }, None);
         }
-        let (source, done) = Source::new(incoming, tee);
+        let (source, done) = Source::new(incoming, tee, meter);
         (
             RequestBody {
                 kind: Kind::Direct(source),
@@ -194,33 +218,49 @@ impl Body for RequestBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An upstream response body passed through frame by frame, holding `guard` (the
-    /// endpoint's in-flight count) until it ends or is dropped.
-    #[derive(Debug)]
-    pub struct UpstreamBody<G> {
-        #[pin]
-        inner: Incoming,
-        guard: G,
-    }
+/// What a response body tells its guard once, when it ends (or is dropped first): the body
+/// bytes it carried and its trailers.
+pub trait Finish {
+    /// Called once, at the end of the body or when it is dropped before.
+    fn finish(&mut self, bytes: u64, trailers: Option<&http::HeaderMap>);
 }
 
-impl<G> UpstreamBody<G> {
+/// An upstream response body passed through frame by frame, holding `guard` (the endpoint's
+/// in-flight count and whatever else lives as long as the response) until it ends or is
+/// dropped, and counting its bytes for the guard.
+#[derive(Debug)]
+pub struct UpstreamBody<G: Finish> {
+    inner: Incoming,
+    guard: G,
+    bytes: u64,
+    finished: bool,
+}
+
+impl<G: Finish> UpstreamBody<G> {
     /// Wraps a response body, keeping `guard` alive as long as the body.
     pub fn new(inner: Incoming, guard: G) -> Self {
-        UpstreamBody { inner, guard }
+        UpstreamBody {
+            inner,
+            guard,
+            bytes: 0,
+            finished: false,
+        }
     }
 
-    /// The same body with its guard replaced by `f(guard)` (to hold more until it ends).
-    pub fn map_guard<H>(self, f: impl FnOnce(G) -> H) -> UpstreamBody<H> {
-        UpstreamBody {
-            inner: self.inner,
-            guard: f(self.guard),
+    fn finish(&mut self, trailers: Option<&http::HeaderMap>) {
+        if !std::mem::replace(&mut self.finished, true) {
+            self.guard.finish(self.bytes, trailers);
         }
     }
 }
 
-impl<G> Body for UpstreamBody<G> {
+impl<G: Finish> Drop for UpstreamBody<G> {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+impl<G: Finish + Unpin> Body for UpstreamBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -228,7 +268,23 @@ impl<G> Body for UpstreamBody<G> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                    if this.inner.is_end_stream() {
+                        this.finish(None);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(Some(trailers));
+                }
+            }
+            Poll::Ready(None) => this.finish(None),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

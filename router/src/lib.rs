@@ -417,6 +417,18 @@ pub fn install_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus
             ),
             metrics::DURATION_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                metrics::UPSTREAM_DURATION_SECONDS.to_string(),
+            ),
+            metrics::DURATION_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                metrics::OVERHEAD_DURATION_SECONDS.to_string(),
+            ),
+            metrics::OVERHEAD_BUCKETS,
+        )?
         .install_recorder()?;
     metrics::describe();
     Ok(handle)

@@ -70,6 +70,25 @@ pub const MIRROR_FAILED_TOTAL: &str = "router_mirror_failed_total";
 /// Mirror answers compared with the primary's, by route and `match` (`true`, `false`).
 pub const MIRROR_STATUS_MATCH_TOTAL: &str = "router_mirror_status_match_total";
 
+/// Time from sending a request upstream to its response headers, by route and cluster.
+pub const UPSTREAM_DURATION_SECONDS: &str = "router_upstream_duration_seconds";
+/// The router's own time per request, from receiving it to sending it upstream, by route
+/// and cluster.
+pub const OVERHEAD_DURATION_SECONDS: &str = "router_overhead_duration_seconds";
+/// Response body bytes sent to clients, by route and cluster.
+pub const RESPONSE_BYTES_TOTAL: &str = "router_response_bytes_total";
+/// Request body bytes read from clients, by route.
+pub const REQUEST_BYTES_TOTAL: &str = "router_request_bytes_total";
+/// Requests in flight per cluster.
+pub const CLUSTER_ACTIVE_REQUESTS: &str = "router_cluster_active_requests";
+/// gRPC answers by route, cluster and status code (from trailers-only answers and trailers).
+pub const GRPC_RESPONSES_TOTAL: &str = "router_grpc_responses_total";
+/// Histogram buckets for the router's overhead, in seconds (microseconds up).
+pub const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+    1.0,
+];
+
 /// Requests of declared tenants, by tenant.
 pub const TENANT_REQUESTS_TOTAL: &str = "router_tenant_requests_total";
 /// Requests refused for their tenant, by tenant (`other` for an undeclared one, `none`
@@ -165,6 +184,24 @@ pub fn describe() {
     metrics::describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, "Failed health-check probes");
     metrics::describe_counter!(RETRIES_ABANDONED_TOTAL, "Retries not made, by reason");
     metrics::describe_counter!(TENANT_REQUESTS_TOTAL, "Requests of declared tenants");
+    metrics::describe_histogram!(
+        UPSTREAM_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from sending a request upstream to its response headers"
+    );
+    metrics::describe_histogram!(
+        OVERHEAD_DURATION_SECONDS,
+        Unit::Seconds,
+        "The router's own time per request: received until sent upstream"
+    );
+    metrics::describe_counter!(
+        RESPONSE_BYTES_TOTAL,
+        Unit::Bytes,
+        "Response body bytes sent"
+    );
+    metrics::describe_counter!(REQUEST_BYTES_TOTAL, Unit::Bytes, "Request body bytes read");
+    metrics::describe_gauge!(CLUSTER_ACTIVE_REQUESTS, "Requests in flight per cluster");
+    metrics::describe_counter!(GRPC_RESPONSES_TOTAL, "gRPC answers by status code");
     metrics::describe_counter!(
         TENANT_REFUSED_TOTAL,
         "Requests refused for their tenant, by reason"
@@ -252,12 +289,21 @@ impl Drop for ActiveRequest {
 pub struct RouteMetrics {
     route: Arc<str>,
     cluster: Arc<str>,
-    handles: OnceLock<Box<Handles>>,
+    handles: OnceLock<Arc<PairHandles>>,
 }
 
+/// The registered handles of one (route, cluster) pair; a response body holds them (one
+/// `Arc`) to count its bytes and its gRPC status when it ends.
 #[derive(Debug)]
-struct Handles {
+pub struct PairHandles {
     duration: Histogram,
+    upstream: Histogram,
+    overhead: Histogram,
+    response_bytes: Counter,
+    /// By gRPC status code, 0 to 16.
+    grpc: [OnceLock<Counter>; 17],
+    route: Arc<str>,
+    cluster: Arc<str>,
     /// Per traffic class ([`TrafficClass::index`]), per status slot.
     by_status: [[OnceLock<Counter>; STATUS_SLOTS.len()]; TrafficClass::COUNT],
     connect_failures: Counter,
@@ -275,14 +321,21 @@ impl RouteMetrics {
         }
     }
 
-    fn handles(&self) -> &Handles {
+    /// The pair's handles (registered on first use), to keep for the life of a response.
+    pub fn handles(&self) -> &Arc<PairHandles> {
         self.handles.get_or_init(|| {
             let labels = [
                 ("route", self.route.to_string()),
                 ("cluster", self.cluster.to_string()),
             ];
-            Box::new(Handles {
+            Arc::new(PairHandles {
                 duration: metrics::histogram!(REQUEST_DURATION_SECONDS, &labels),
+                upstream: metrics::histogram!(UPSTREAM_DURATION_SECONDS, &labels),
+                overhead: metrics::histogram!(OVERHEAD_DURATION_SECONDS, &labels),
+                response_bytes: metrics::counter!(RESPONSE_BYTES_TOTAL, &labels),
+                grpc: Default::default(),
+                route: Arc::clone(&self.route),
+                cluster: Arc::clone(&self.cluster),
                 by_status: Default::default(),
                 connect_failures: metrics::counter!(UPSTREAM_CONNECT_FAILURES_TOTAL, "cluster" => self.cluster.to_string()),
                 retries: metrics::counter!(RETRIES_TOTAL, "cluster" => self.cluster.to_string()),
@@ -337,6 +390,52 @@ pub fn tenant_requests(tenant: &str) -> Counter {
 /// The counter of `tenant`'s requests refused for `reason`.
 pub fn tenant_refused(tenant: &str, reason: &'static str) -> Counter {
     metrics::counter!(TENANT_REFUSED_TOTAL, "tenant" => tenant.to_string(), "reason" => reason)
+}
+
+impl PairHandles {
+    /// Records the time from sending a request upstream to its response headers.
+    #[inline]
+    pub fn upstream(&self, took: Duration) {
+        self.upstream.record(took.as_secs_f64());
+    }
+
+    /// Records the router's own time for a request: received until sent upstream.
+    #[inline]
+    pub fn overhead(&self, took: Duration) {
+        self.overhead.record(took.as_secs_f64());
+    }
+
+    /// Records the response body bytes of one request.
+    #[inline]
+    pub fn response_bytes(&self, bytes: u64) {
+        self.response_bytes.increment(bytes);
+    }
+
+    /// Records one gRPC answer with status `code`.
+    pub fn grpc(&self, code: u8) {
+        let Some(slot) = self.grpc.get(usize::from(code)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            metrics::counter!(
+                GRPC_RESPONSES_TOTAL,
+                "route" => self.route.to_string(),
+                "cluster" => self.cluster.to_string(),
+                "grpc_status" => code.to_string()
+            )
+        })
+        .increment(1);
+    }
+}
+
+/// The counter of request body bytes of `route` (registered on first use).
+pub fn request_bytes(route: &str) -> Counter {
+    metrics::counter!(REQUEST_BYTES_TOTAL, "route" => route.to_string())
+}
+
+/// Publishes the requests in flight of `cluster` (called before a scrape).
+pub fn record_cluster_active(cluster: &str, active: usize) {
+    metrics::gauge!(CLUSTER_ACTIVE_REQUESTS, "cluster" => cluster.to_string()).set(active as f64);
 }
 
 /// Records a request that matched no route (or carried no key).

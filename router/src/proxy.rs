@@ -35,12 +35,12 @@ use models_config::spec::Protocol;
 use tokio::sync::oneshot;
 
 use crate::body::replay::Replayer;
-use crate::body::{RequestBody, Source, UpstreamBody};
+use crate::body::{Finish, RequestBody, Source, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::headers::TrafficClass;
 use crate::host::InFlight;
-use crate::metrics::{self, ActiveRequest};
+use crate::metrics::{self, ActiveRequest, PairHandles};
 use crate::outlier::Outcome;
 use crate::retry::{RetryPermit, RetryPolicy};
 use crate::route::{Breaker, Cluster, Route, RouteTarget};
@@ -48,12 +48,75 @@ use crate::state::Shared;
 use crate::tenant::{Refusal, Tenant, TenantPermit};
 use crate::upstream::SendError;
 
-/// The body of every response the router sends: the upstream's, streamed (holding its
-/// endpoint's and its tenant's in-flight counts), or the router's own small error body.
-pub type ProxyBody = Either<UpstreamBody<(InFlight, Option<TenantPermit>)>, Full<Bytes>>;
+/// The body of every response the router sends: the upstream's, streamed (its guard holding
+/// the endpoint's and the tenant's in-flight counts, and counting it when it ends), or the
+/// router's own small error body.
+pub type ProxyBody = Either<UpstreamBody<ResponseGuard>, Full<Bytes>>;
 
-/// An upstream response on its way to the client.
-type Upstream = Response<UpstreamBody<InFlight>>;
+/// An upstream answer on its way to the client: its head (the body not read), the
+/// endpoint's in-flight count, and how long the upstream took to answer.
+type Upstream = (Response<Incoming>, InFlight, Duration);
+
+/// What a proxied response holds until its body ends: the in-flight counts, its metric
+/// handles (bytes, gRPC status), and its access-log line, written once the bytes are known.
+#[derive(Debug)]
+pub struct ResponseGuard {
+    in_flight: InFlight,
+    _tenant: Option<TenantPermit>,
+    metrics: Arc<PairHandles>,
+    grpc: bool,
+    log: Option<Box<AccessLine>>,
+}
+
+/// The access-log line of one proxied answer, completed when its body ends.
+#[derive(Debug)]
+struct AccessLine {
+    client: SocketAddr,
+    route: Arc<str>,
+    cluster: Arc<str>,
+    tenant: Option<Arc<str>>,
+    class: TrafficClass,
+    status: u16,
+    grpc_status: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    start: Instant,
+    upstream: Duration,
+}
+
+impl Finish for ResponseGuard {
+    fn finish(&mut self, bytes: u64, trailers: Option<&HeaderMap>) {
+        self.metrics.response_bytes(bytes);
+        let trailer_status = trailers.and_then(|t| t.get(headers::GRPC_STATUS));
+        if self.grpc
+            && let Some(code) = trailer_status.and_then(|v| v.to_str().ok()?.parse::<u8>().ok())
+        {
+            self.metrics.grpc(code);
+        }
+        if let Some(line) = self.log.take() {
+            let grpc_status = trailer_status.or(line.grpc_status.as_ref());
+            let text = |v: Option<&HeaderValue>| {
+                v.and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            tracing::info!(
+                target: "access",
+                client = %line.client,
+                request_id = %text(line.request_id.as_ref()),
+                route = %line.route,
+                cluster = %line.cluster,
+                endpoint = %self.in_flight.host().address,
+                tenant = line.tenant.as_deref().unwrap_or(""),
+                traffic_class = line.class.as_str(),
+                status = line.status,
+                grpc_status = %text(grpc_status),
+                bytes_out = bytes,
+                duration_us = line.start.elapsed().as_micros() as u64,
+                upstream_us = line.upstream.as_micros() as u64,
+            );
+        }
+    }
+}
 
 /// The hyper service for one downstream connection.
 #[derive(Debug, Clone)]
@@ -176,16 +239,21 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     // 2: admission of the tenant: allowed on the route, within its limits.
     let admitted = admit_tenant(shared, &route, tenant.as_deref(), req.headers());
     let downstream_version = req.version();
-    let (served_by, result, body_complete, tenant_permit, mirrored) = match admitted {
+    let (served_by, result, body_complete, tenant_permit, mirrored, request_id) = match admitted {
         Err(err) => {
             let complete = req.body().is_end_stream();
-            (&route.targets[0], Err(err), complete, None, None)
+            (&route.targets[0], Err(err), complete, None, None, None)
         }
         Ok(tenant_permit) => {
             let (mut parts, body) = req.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, true);
             headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
             headers::ensure_request_id(&mut parts.headers);
+            let request_id = if shared.access_log {
+                parts.headers.get(headers::X_REQUEST_ID).cloned()
+            } else {
+                None
+            };
 
             // 3: pick the target cluster (synthetic traffic only ever to the route's
             // synthetic cluster, when it has one); start the mirror's copy.
@@ -219,19 +287,69 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 }
                 tokio::time::sleep(route.timeout).await;
             });
-            let (served_by, result, complete) =
-                forward(&route, target, fallbacks, out, downstream_version, deadline).await;
-            (served_by, result, complete, tenant_permit, mirrored)
+            let (served_by, result, complete) = forward(
+                &route,
+                target,
+                fallbacks,
+                out,
+                Arrival {
+                    version: downstream_version,
+                    start,
+                },
+                deadline,
+            )
+            .await;
+            (
+                served_by,
+                result,
+                complete,
+                tenant_permit,
+                mirrored,
+                request_id,
+            )
         }
     };
 
     // 5: respond.
+    let mut response_code = "";
     let response = match result {
-        Ok(mut resp) => {
+        Ok((mut resp, in_flight, upstream)) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
-            resp.map(|body| Either::Left(body.map_guard(|in_flight| (in_flight, tenant_permit))))
+            let pair = served_by.metrics.handles();
+            let trailers_only = resp.headers().get(headers::GRPC_STATUS).cloned();
+            if grpc
+                && let Some(code) = trailers_only
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+            {
+                pair.grpc(code);
+            }
+            let log = shared.access_log.then(|| {
+                Box::new(AccessLine {
+                    client: remote,
+                    route: Arc::clone(&route.key),
+                    cluster: Arc::clone(&served_by.cluster.name),
+                    tenant: tenant.as_ref().map(|t| Arc::clone(&t.name)),
+                    class,
+                    status: resp.status().as_u16(),
+                    grpc_status: trailers_only,
+                    request_id,
+                    start,
+                    upstream,
+                })
+            });
+            let guard = ResponseGuard {
+                in_flight,
+                _tenant: tenant_permit,
+                metrics: Arc::clone(pair),
+                // Trailers-only answers were counted above.
+                grpc: grpc && !resp.headers().contains_key(headers::GRPC_STATUS),
+                log,
+            };
+            resp.map(|body| Either::Left(UpstreamBody::new(body, guard)))
         }
         Err(err) => {
+            response_code = err.as_label();
             tracing::debug!(route = %route.key, cluster = %served_by.cluster.name, error = %err, code = err.as_label(), "request failed");
             let mut resp = err.into_response(Some(route.key.as_bytes()), grpc);
             close_if_body_unread(&mut resp, downstream_version, body_complete);
@@ -246,7 +364,8 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     }
     let elapsed = start.elapsed();
     served_by.metrics.record(response.status(), elapsed, class);
-    if shared.access_log {
+    // Proxied answers are logged when their body ends (see `ResponseGuard`).
+    if shared.access_log && matches!(response.body(), Either::Right(_)) {
         tracing::info!(
             target: "access",
             client = %remote,
@@ -255,6 +374,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             tenant = tenant.as_ref().map_or("", |t| &*t.name),
             traffic_class = class.as_str(),
             status = response.status().as_u16(),
+            code = response_code,
             duration_us = elapsed.as_micros() as u64,
         );
     }
@@ -337,6 +457,14 @@ fn close_if_body_unread<B>(resp: &mut Response<B>, version: Version, body_comple
     }
 }
 
+/// What the forwarding phases need to know of the downstream request: its HTTP version (for
+/// `auto` clusters) and when it arrived (for the overhead histogram).
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    version: Version,
+    start: Instant,
+}
+
 /// What forwarding came to: the target that answered (or was tried last, for metrics), the
 /// answer, and whether the request body had been read whole.
 type Forwarded<'r> = (&'r RouteTarget, Result<Upstream, ProxyError>, bool);
@@ -368,7 +496,8 @@ impl Outgoing {
     ) -> (Self, Option<oneshot::Receiver<()>>) {
         match &route.retry {
             None => {
-                let (body, done) = RequestBody::new(body, tee);
+                let meter = (!body.is_end_stream()).then(|| route.request_meter());
+                let (body, done) = RequestBody::new(body, tee, meter);
                 (Outgoing::Once(Some(Request::from_parts(parts, body))), done)
             }
             Some(policy) => {
@@ -378,7 +507,7 @@ impl Outgoing {
                     }
                     (None, None)
                 } else {
-                    let (source, done) = Source::new(body, tee);
+                    let (source, done) = Source::new(body, tee, Some(route.request_meter()));
                     (Some(Replayer::new(source, policy.replay_cap)), Some(done))
                 };
                 let out = Outgoing::Replay {
@@ -463,18 +592,10 @@ async fn forward<'r, D: Future<Output = ()>>(
     target: &'r RouteTarget,
     fallbacks: &'r [RouteTarget],
     mut out: Outgoing,
-    downstream_version: Version,
+    arrival: Arrival,
     mut deadline: Pin<&mut D>,
 ) -> Forwarded<'r> {
-    match send_to_cluster(
-        route,
-        target,
-        &mut out,
-        downstream_version,
-        deadline.as_mut(),
-    )
-    .await
-    {
+    match send_to_cluster(route, target, &mut out, arrival, deadline.as_mut()).await {
         Ok(resp) => (target, Ok(resp), true),
         Err(Failure::Answered(err)) => (target, Err(err), out.is_complete()),
         Err(Failure::Skipped(why)) if route.fallbacks.is_empty() => {
@@ -483,13 +604,7 @@ async fn forward<'r, D: Future<Output = ()>>(
         // Boxed: the fallback chain is the cold path, and the common future stays small.
         Err(Failure::Skipped(why)) => {
             Box::pin(fall_back(
-                route,
-                target,
-                fallbacks,
-                out,
-                why,
-                downstream_version,
-                deadline,
+                route, target, fallbacks, out, why, arrival, deadline,
             ))
             .await
         }
@@ -504,7 +619,7 @@ async fn fall_back<'r, D: Future<Output = ()>>(
     fallbacks: &'r [RouteTarget],
     mut out: Outgoing,
     mut why: ProxyError,
-    downstream_version: Version,
+    arrival: Arrival,
     mut deadline: Pin<&mut D>,
 ) -> Forwarded<'r> {
     let mut last = first;
@@ -514,15 +629,7 @@ async fn fall_back<'r, D: Future<Output = ()>>(
         }
         fallback.metrics.fell_back();
         last = fallback;
-        match send_to_cluster(
-            route,
-            fallback,
-            &mut out,
-            downstream_version,
-            deadline.as_mut(),
-        )
-        .await
-        {
+        match send_to_cluster(route, fallback, &mut out, arrival, deadline.as_mut()).await {
             Ok(resp) => return (fallback, Ok(resp), true),
             Err(Failure::Answered(err)) => return (fallback, Err(err), out.is_complete()),
             Err(Failure::Skipped(next_why)) => why = next_why,
@@ -553,7 +660,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
     route: &Route,
     target: &RouteTarget,
     out: &mut Outgoing,
-    downstream_version: Version,
+    arrival: Arrival,
     mut deadline: Pin<&mut D>,
 ) -> Result<Upstream, Failure> {
     let cluster = &*target.cluster;
@@ -567,8 +674,9 @@ async fn send_to_cluster<D: Future<Output = ()>>(
     let use_h2 = match cluster.protocol {
         Protocol::Http1 => false,
         Protocol::Http2 => true,
-        Protocol::Auto => downstream_version == Version::HTTP_2,
+        Protocol::Auto => arrival.version == Version::HTTP_2,
     };
+    let start = arrival.start;
     let policy = route.retry.as_ref();
     let mut exclude = None;
     let mut why = ProxyError::NoHealthyUpstream;
@@ -599,6 +707,10 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         headers::prepare_uri(&mut req, &host.authority, use_h2);
         let pending = cluster.breaker.as_ref().map(Breaker::pending_limit);
         let timeout = cluster.connect_timeout;
+        let sent_at = Instant::now();
+        if tries == 1 {
+            target.metrics.handles().overhead(sent_at - start);
+        }
         let send = async move {
             if use_h2 {
                 host.pool.send_http2(req, timeout, pending).await
@@ -624,13 +736,15 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         drop(retry_permit.take());
         let failed = match sent {
             Some(Ok(resp)) => {
+                let upstream = sent_at.elapsed();
+                target.metrics.handles().upstream(upstream);
                 if cluster.outlier.is_some() {
                     observe(target, i, outcome_of(&resp));
                 }
                 let retriable =
                     policy.is_some_and(|p| tries < p.attempts && p.retries_response(&resp));
                 if !retriable {
-                    return Ok(attributed(cluster, i, resp, in_flight));
+                    return Ok(attributed(cluster, i, resp, in_flight, upstream));
                 }
                 match retry_allowed(route, cluster, out) {
                     Some(admitted) => {
@@ -643,7 +757,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                         backoff(target, policy, tries, deadline.as_mut()).await?;
                         continue;
                     }
-                    None => return Ok(attributed(cluster, i, resp, in_flight)),
+                    None => return Ok(attributed(cluster, i, resp, in_flight, upstream)),
                 }
             }
             Some(Err(SendError::Exchange(e))) => {
@@ -717,12 +831,13 @@ fn attributed(
     endpoint: usize,
     mut resp: Response<Incoming>,
     in_flight: InFlight,
+    upstream: Duration,
 ) -> Upstream {
     if let Some(values) = &cluster.served_by {
         resp.headers_mut()
             .insert(headers::SERVED_BY, values[endpoint].clone());
     }
-    resp.map(|inner| UpstreamBody::new(inner, in_flight))
+    (resp, in_flight, upstream)
 }
 
 /// Whether one more try may be made: the body can still be replayed and the cluster's

@@ -113,6 +113,8 @@ pub struct Route {
     pub tenants: Box<[Arc<str>]>,
     /// Where synthetic and replay traffic goes, when the route separates it.
     pub synthetic: Option<RouteTarget>,
+    /// Request body bytes of this route (registered on first use).
+    request_bytes: std::sync::OnceLock<metrics::Counter>,
 }
 
 /// The whole routing state of one generation.
@@ -175,6 +177,13 @@ impl Cluster {
 }
 
 impl Route {
+    /// The counter of this route's request body bytes.
+    pub fn request_meter(&self) -> metrics::Counter {
+        self.request_bytes
+            .get_or_init(|| router_metrics::request_bytes(&self.key))
+            .clone()
+    }
+
     /// Whether a request whose tenant header holds `tenant` may use this route.
     #[inline]
     pub fn allows(&self, tenant: Option<&[u8]>) -> bool {
@@ -417,6 +426,7 @@ impl RouteTable {
                         .synthetic_cluster
                         .as_deref()
                         .map(|name| target(cluster(name))),
+                    request_bytes: std::sync::OnceLock::new(),
                 }),
             );
         }

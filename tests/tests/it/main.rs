@@ -24,4 +24,5 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod support;
+mod telemetry;
 mod tenancy;
