@@ -214,11 +214,15 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         }
         match table.route(key) {
             Some(route) => {
-                let tenant = req
-                    .headers()
-                    .get(&shared.tenant_header)
-                    .and_then(|t| table.tenant(t.as_bytes()))
-                    .cloned();
+                // Only a table with declared tenants pays for reading the header.
+                let tenant = if table.has_tenants() {
+                    req.headers()
+                        .get(&shared.tenant_header)
+                        .and_then(|t| table.tenant(t.as_bytes()))
+                        .cloned()
+                } else {
+                    None
+                };
                 (Arc::clone(route), tenant)
             }
             None => {

@@ -468,6 +468,12 @@ impl RouteTable {
         self.tenants.get(tenant)
     }
 
+    /// Whether any tenant is declared.
+    #[inline]
+    pub fn has_tenants(&self) -> bool {
+        !self.tenants.is_empty()
+    }
+
     /// Declared tenants.
     pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.values()
