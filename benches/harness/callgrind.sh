@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request of the router under callgrind: the bare rule set, the endpoint
 # health blocks alone (health check, outlier detection, circuit breaker on every cluster),
-# and the whole production rule set (the same plus a retry policy with the replay buffer on
-# every route), and the bare set mirroring every request to another cluster. The noise-free
+# the same plus a retry policy with the replay buffer on every route, the whole production
+# rule set (the same plus the load's tenant with limits on every route), and the bare set mirroring every request to another cluster. The noise-free
 # figure for small changes (wall-clock CPU drifts run to run).
 #
 # For each rule set the router runs twice under callgrind, serving N1 and N2 requests
@@ -47,7 +47,12 @@ rules = json.load(open(f"{wd}/router-prod-small.json"))
 for c in rules["clusters"].values():
     c["health_check"]["interval_ms"] = 60000
 json.dump(rules, open(f"{wd}/router-prod-slow-probes.json", "w"))
-# The same without the retry policy and the tenants: the endpoint-health blocks alone.
+# The same without the tenants: endpoint health and the retry policy.
+for r in rules["routes"].values():
+    r.pop("tenants", None)
+no_tenants = {k: v for k, v in rules.items() if k != "tenants"}
+json.dump(no_tenants, open(f"{wd}/router-retry-slow-probes.json", "w"))
+# The same without the retry policy either: the endpoint-health blocks alone.
 for r in rules["routes"].values():
     r.pop("retry", None)
     r.pop("tenants", None)
@@ -82,8 +87,9 @@ total_instructions() {
 }
 
 printf '%-14s %14s %14s %12s\n' "rule set" "I($N1)" "I($N2)" "instr/req"
-for set in bare health prod mirror; do
+for set in bare health retry prod mirror; do
     config="$WORK/router-small.json"
+    [[ "$set" == retry ]] && config="$WORK/router-retry-slow-probes.json"
     [[ "$set" == mirror ]] && config="$WORK/router-mirror.json"
     [[ "$set" == health ]] && config="$WORK/router-health-slow-probes.json"
     [[ "$set" == prod ]] && config="$WORK/router-prod-slow-probes.json"
@@ -93,5 +99,5 @@ for set in bare health prod mirror; do
     printf '%-14s %14s %14s %12s\n' "$set" "$a" "$b" "$per"
     eval "PER_$set=$per"
 done
-awk -v p="$PER_prod" -v h="$PER_health" -v b="$PER_bare" -v m="$PER_mirror" \
-    'BEGIN { printf "health / bare: %.3f   prod / bare: %.3f   mirror 100%% / bare: %.3f\n", h / b, p / b, m / b }'
+awk -v p="$PER_prod" -v h="$PER_health" -v r="$PER_retry" -v b="$PER_bare" -v m="$PER_mirror" \
+    'BEGIN { printf "health / bare: %.3f   + retry: %.3f   + tenants (prod): %.3f   mirror 100%% / bare: %.3f\n", h / b, r / b, p / b, m / b }'
