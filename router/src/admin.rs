@@ -196,12 +196,15 @@ fn cluster_json(c: &Cluster) -> serde_json::Value {
             })
         })
         .collect();
-    let (in_flight, pending) = c.breaker.as_ref().map_or((None, None), |b| {
+    // The cluster's own counts are kept by its breaker; without one, the endpoints' sum.
+    let (in_flight, pending) = if c.breaker.is_some() {
         (
-            Some(b.state.in_flight.load(Ordering::Relaxed)),
-            Some(b.state.pending.load(Ordering::Relaxed)),
+            Some(c.state.in_flight.load(Ordering::Relaxed)),
+            Some(c.state.pending.load(Ordering::Relaxed)),
         )
-    });
+    } else {
+        (None, None)
+    };
     json!({
         "name": &*c.name,
         "protocol": c.protocol,

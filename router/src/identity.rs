@@ -272,33 +272,6 @@ impl Verifier {
     }
 }
 
-/// Re-reads the JWKS file every `interval` until `shutdown`, applying each new content.
-pub async fn watch_jwks(
-    path: std::path::PathBuf,
-    interval: Duration,
-    verifier: Arc<Verifier>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut follower = models_config::follow::FileFollower::new(path);
-    // The content read at start-up is in force already.
-    let _ = follower.check();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        match follower.check() {
-            Ok(Some(content)) => verifier.reload(follower.path(), &content),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(path = %follower.path().display(), error = %e, "cannot read the JWKS file; keeping the keys in force");
-            }
-        }
-    }
-}
-
 fn parse_jwks(bytes: &[u8]) -> Result<Vec<Key>, String> {
     let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
     let mut keys = Vec::new();

@@ -317,13 +317,17 @@ impl Router {
                     ))
                 }
             };
-            let jwks_watcher = match (&config.jwt_jwks, &shared.identity) {
-                (Some(path), Some(verifier)) => Some(tokio::spawn(identity::watch_jwks(
-                    path.clone(),
-                    config.watch_interval(),
-                    Arc::clone(verifier),
-                    stop_control.clone(),
-                ))),
+            let jwks_watcher = match (&config.jwt_jwks, &shared.settings.identity) {
+                (Some(path), Some(verifier)) => {
+                    let verifier = Arc::clone(verifier);
+                    Some(tokio::spawn(reload::follow_file(
+                        path.clone(),
+                        "JWKS file",
+                        config.watch_interval(),
+                        stop_control.clone(),
+                        move |path, content| verifier.reload(path, content),
+                    )))
+                }
                 _ => None,
             };
             let probers = shared

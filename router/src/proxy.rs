@@ -43,7 +43,7 @@ use crate::host::InFlight;
 use crate::metrics::{self, ActiveRequest, PairHandles};
 use crate::outlier::Outcome;
 use crate::retry::{RetryPermit, RetryPolicy};
-use crate::route::{Breaker, Cluster, Route, RouteTarget};
+use crate::route::{Cluster, Route, RouteTarget};
 use crate::state::Shared;
 use crate::tenant::{Refusal, Tenant, TenantPermit};
 use crate::upstream::SendError;
@@ -161,7 +161,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
 
     // 0: identity, before anything reads the request: the token verified, its claims
     // written over the headers they map to.
-    if let Some(identity) = &shared.identity {
+    if let Some(identity) = &shared.settings.identity {
         match identity.authenticate(req.headers()) {
             Ok(verified) => identity.apply(&verified, req.headers_mut()),
             Err(why) => {
@@ -169,7 +169,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 let version = shared.table.load().served_by_version.clone();
                 let key = req
                     .headers()
-                    .get(&shared.routing_header)
+                    .get(&shared.settings.routing_header)
                     .map(HeaderValue::as_bytes);
                 return unrouted(
                     conn,
@@ -185,11 +185,12 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     }
     let class = TrafficClass::of(req.headers());
 
-    // 1: route. The snapshot guard lives only inside this block.
-    let (route, tenant): (Arc<Route>, Option<Arc<Tenant>>) = {
+    // 1: route, then 2: admission of the tenant (allowed on the route, within its limits),
+    // with the tenant header read once. The snapshot guard lives only inside this block.
+    let (route, tenant, admitted) = {
         let table = shared.table.load();
         let version = table.served_by_version.as_ref();
-        let Some(key) = req.headers().get(&shared.routing_header) else {
+        let Some(key) = req.headers().get(&shared.settings.routing_header) else {
             return unrouted(
                 conn,
                 ProxyError::MissingRoutingKey,
@@ -214,16 +215,17 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         }
         match table.route(key) {
             Some(route) => {
-                // Only a table with declared tenants pays for reading the header.
-                let tenant = if table.has_tenants() {
+                // Only a table with tenants, or a route that lists some, reads the header.
+                let given = if table.has_tenants() || !route.tenants.is_empty() {
                     req.headers()
-                        .get(&shared.tenant_header)
-                        .and_then(|t| table.tenant(t.as_bytes()))
-                        .cloned()
+                        .get(&shared.settings.tenant_header)
+                        .map(HeaderValue::as_bytes)
                 } else {
                     None
                 };
-                (Arc::clone(route), tenant)
+                let tenant = given.and_then(|t| table.tenant(t)).cloned();
+                let admitted = admit_tenant(route, tenant.as_deref(), given);
+                (Arc::clone(route), tenant, admitted)
             }
             None => {
                 return unrouted(
@@ -239,9 +241,6 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         }
     };
     let class = class.unwrap_or(TrafficClass::Live);
-
-    // 2: admission of the tenant: allowed on the route, within its limits.
-    let admitted = admit_tenant(shared, &route, tenant.as_deref(), req.headers());
     let downstream_version = req.version();
     let (served_by, result, body_complete, tenant_permit, mirrored, request_id) = match admitted {
         Err(err) => {
@@ -253,7 +252,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             headers::strip_hop_by_hop(&mut parts.headers, true);
             headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
             headers::ensure_request_id(&mut parts.headers);
-            let request_id = if shared.access_log {
+            let request_id = if shared.settings.access_log {
                 parts.headers.get(headers::X_REQUEST_ID).cloned()
             } else {
                 None
@@ -328,7 +327,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             {
                 pair.grpc(code);
             }
-            let log = shared.access_log.then(|| {
+            let log = shared.settings.access_log.then(|| {
                 Box::new(AccessLine {
                     client: remote,
                     route: Arc::clone(&route.key),
@@ -369,7 +368,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let elapsed = start.elapsed();
     served_by.metrics.record(response.status(), elapsed, class);
     // Proxied answers are logged when their body ends (see `ResponseGuard`).
-    if shared.access_log && matches!(response.body(), Either::Right(_)) {
+    if shared.settings.access_log && matches!(response.body(), Either::Right(_)) {
         tracing::info!(
             target: "access",
             client = %remote,
@@ -389,24 +388,19 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
 /// the tenant (when declared with limits) is within them.
 #[inline]
 fn admit_tenant(
-    shared: &Shared,
     route: &Route,
     tenant: Option<&Tenant>,
-    headers: &HeaderMap,
+    given: Option<&[u8]>,
 ) -> Result<Option<TenantPermit>, ProxyError> {
-    if !route.tenants.is_empty() {
-        let given = headers
-            .get(&shared.tenant_header)
-            .map(HeaderValue::as_bytes);
-        if !route.allows(given) {
-            let label = match (tenant, given) {
-                (Some(t), _) => &*t.name,
-                (None, Some(_)) => "other",
-                (None, None) => "none",
-            };
-            metrics::tenant_refused(label, "not_allowed").increment(1);
-            return Err(ProxyError::TenantNotAllowed);
-        }
+    // `allows` is true at once for a route without `tenants`.
+    if !route.allows(given) {
+        let label = match (tenant, given) {
+            (Some(t), _) => &*t.name,
+            (None, Some(_)) => "other",
+            (None, None) => "none",
+        };
+        metrics::tenant_refused(label, "not_allowed").increment(1);
+        return Err(ProxyError::TenantNotAllowed);
     }
     match tenant {
         None => Ok(None),
@@ -434,10 +428,11 @@ fn unrouted(
     if let Some(value) = served_by {
         resp.headers_mut().insert(headers::SERVED_BY, value.clone());
     }
+    // Cold: the class is read again rather than carried through every early return.
     let class = TrafficClass::of(req.headers()).unwrap_or(TrafficClass::Live);
     let elapsed = start.elapsed();
     metrics::record_unrouted(resp.status(), elapsed, class);
-    if conn.shared.access_log {
+    if conn.shared.settings.access_log {
         tracing::info!(
             target: "access",
             client = %conn.remote,
@@ -670,7 +665,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
     let cluster = &*target.cluster;
     let mut permit = match &cluster.breaker {
         None => None,
-        Some(breaker) => match breaker.admit() {
+        Some(breaker) => match breaker.admit(&cluster.state) {
             Some(permit) => Some(permit),
             None => return Err(Failure::Skipped(ProxyError::Overloaded)),
         },
@@ -709,7 +704,10 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         let host = &cluster.endpoints[i];
         let in_flight = InFlight::start(host, permit.take());
         headers::prepare_uri(&mut req, &host.authority, use_h2);
-        let pending = cluster.breaker.as_ref().map(Breaker::pending_limit);
+        let pending = cluster
+            .breaker
+            .as_ref()
+            .map(|b| b.pending_limit(&cluster.state));
         let timeout = cluster.connect_timeout;
         let sent_at = Instant::now();
         if tries == 1 {

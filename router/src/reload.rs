@@ -20,6 +20,22 @@ pub async fn watch_file(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    follow_file(path, "config file", interval, shutdown, |path, content| {
+        reload_bytes(&shared, path, content);
+    })
+    .await;
+}
+
+/// Polls the file `path` (a `what`, for the logs) every `interval` until `shutdown` and hands
+/// each new content to `on_change`; the content at the start counts as seen. The one loop
+/// behind the rule-set file and the JWKS file.
+pub async fn follow_file(
+    path: PathBuf,
+    what: &'static str,
+    interval: Duration,
+    shutdown: CancellationToken,
+    mut on_change: impl FnMut(&Path, &[u8]),
+) {
     let mut follower = FileFollower::new(path);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -29,10 +45,10 @@ pub async fn watch_file(
             _ = ticker.tick() => {}
         }
         match follower.check() {
-            Ok(Some(content)) => reload_bytes(&shared, follower.path(), &content),
+            Ok(Some(content)) => on_change(follower.path(), &content),
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(path = %follower.path().display(), error = %e, "cannot read config file; keeping the current routes");
+                tracing::warn!(path = %follower.path().display(), error = %e, "cannot read the {what}; keeping what is in force");
             }
         }
     }

@@ -65,11 +65,9 @@ pub struct Cluster {
     pub served_by_cluster: Option<HeaderValue>,
 }
 
-/// A cluster's circuit breaker: its limits and the counts they apply to.
+/// A cluster's circuit breaker: its limits (the counts are the cluster's `state`).
 #[derive(Debug)]
 pub struct Breaker {
-    /// The cluster's in-flight and pending counts (outlive tables).
-    pub state: Arc<ClusterState>,
     /// Most requests in flight.
     pub max_requests: usize,
     /// Most requests waiting for a new connection.
@@ -195,10 +193,11 @@ impl Route {
 // === impl Breaker ===
 
 impl Breaker {
-    /// Admits one more request in flight, or counts a refusal.
+    /// Admits one more request in flight to the cluster whose counts are `state`, or counts
+    /// a refusal.
     #[inline]
-    pub fn admit(&self) -> Option<ClusterPermit> {
-        let permit = ClusterPermit::try_acquire(&self.state, self.max_requests);
+    pub fn admit(&self, state: &Arc<ClusterState>) -> Option<ClusterPermit> {
+        let permit = ClusterPermit::try_acquire(state, self.max_requests);
         if permit.is_none() {
             self.refused_requests.increment(1);
         }
@@ -207,9 +206,9 @@ impl Breaker {
 
     /// The limit on requests waiting for a connection, for the upstream pool.
     #[inline]
-    pub fn pending_limit(&self) -> PendingLimit<'_> {
+    pub fn pending_limit<'a>(&self, state: &'a ClusterState) -> PendingLimit<'a> {
         PendingLimit {
-            count: &self.state.pending,
+            count: &state.pending,
             max: self.max_pending,
         }
     }
@@ -303,17 +302,13 @@ impl RouteTable {
                 mask |= EJECTED;
             }
             let breaker = spec.circuit_breaker.as_ref().map(|b| Breaker {
-                state: hosts.cluster(&name),
                 max_requests: b.max_requests as usize,
                 max_pending: b.max_pending as usize,
                 spec: b.clone(),
                 refused_requests: router_metrics::circuit_breaker_refused(&name, "max_requests"),
                 refused_pending: router_metrics::circuit_breaker_refused(&name, "max_pending"),
             });
-            let state = match &breaker {
-                Some(b) => Arc::clone(&b.state),
-                None => hosts.cluster(&name),
-            };
+            let state = hosts.cluster(&name);
             let served_by = attribution.then(|| {
                 endpoints
                     .iter()
@@ -630,10 +625,12 @@ mod tests {
         assert_eq!(plain.eligibility_mask, 0);
         assert_eq!(plain.pick(&headers, None), Some(0));
         let breaker = a.breaker.as_ref().unwrap();
-        let held = breaker.admit().expect("the first request is admitted");
-        assert!(breaker.admit().is_none(), "max_requests 1");
+        let held = breaker
+            .admit(&a.state)
+            .expect("the first request is admitted");
+        assert!(breaker.admit(&a.state).is_none(), "max_requests 1");
         drop(held);
-        assert!(breaker.admit().is_some());
+        assert!(breaker.admit(&a.state).is_some());
     }
 
     #[test]

@@ -27,18 +27,8 @@ pub struct Shared {
     probes: ProbeSpawner,
     /// Where those probers wait until [`Shared::take_probers`] hands them to a runtime.
     probe_receiver: Mutex<Option<ProbeReceiver>>,
-    /// The header carrying the routing key.
-    pub routing_header: HeaderName,
-    /// The header carrying the tenant.
-    pub tenant_header: HeaderName,
-    /// Whether one access-log line is emitted per request (target `access`).
-    pub access_log: bool,
-    /// Whether responses carry `x-served-by`.
-    pub attribution: bool,
-    /// Verifies bearer tokens, when `--jwt-jwks` is given.
-    pub identity: Option<Arc<Verifier>>,
-    /// Proxy worker threads (one pool slot each).
-    pub workers: usize,
+    /// The fixed settings of the request path (from the command line).
+    pub settings: ProxySettings,
     /// False while starting and once draining; `/readyz` answers 503 then.
     pub ready: AtomicBool,
     /// Where the rule set in force came from ([`ConfigSource`] as a byte); `None` until one
@@ -86,29 +76,16 @@ impl ProxySettings {
 impl Shared {
     /// Builds the first table from `rule_set`, which came from `source`.
     pub fn new(rule_set: ValidRuleSet, source: ConfigSource, settings: ProxySettings) -> Self {
-        let ProxySettings {
-            routing_header,
-            tenant_header,
-            access_log,
-            attribution,
-            identity,
-            workers,
-        } = settings;
-        let hosts = HostRegistry::new(workers);
+        let hosts = HostRegistry::new(settings.workers);
         let (probes, probe_receiver) = ProbeSpawner::new();
-        let table = build(rule_set, None, &hosts, &probes, 1, attribution);
+        let table = build(rule_set, None, &hosts, &probes, 1, settings.attribution);
         metrics::record_table(table.version, table.generation, table.len());
         let shared = Shared {
             table: ArcSwap::from_pointee(table),
             hosts,
             probes,
             probe_receiver: Mutex::new(Some(probe_receiver)),
-            routing_header,
-            tenant_header,
-            access_log,
-            attribution,
-            identity,
-            workers,
+            settings,
             ready: AtomicBool::new(false),
             source: AtomicU8::new(source as u8),
             control_plane_connected: AtomicBool::new(false),
@@ -176,7 +153,7 @@ impl Shared {
             &self.hosts,
             &self.probes,
             generation,
-            self.attribution,
+            self.settings.attribution,
         ));
         metrics::record_reload(true);
         self.generation.store(generation, Ordering::Relaxed);
