@@ -11,8 +11,6 @@
 
 use std::net::SocketAddr;
 
-use http::Method;
-use integration_tests::client::{self, Body, ROUTING_KEY};
 use integration_tests::fake_grpc::pb::SayRequest;
 use integration_tests::fake_model::SERVER_HEADER;
 use integration_tests::jwt::{
@@ -26,8 +24,8 @@ use integration_tests::{
 use serde_json::{Value, json};
 
 use crate::support::{
-    CLIENT_VERSIONS, assert_trailers_only, echo_client, expect_router_error, fetch, grpc_call,
-    keyed_call, route_k_rules, say, seen,
+    CLIENT_VERSIONS, assert_trailers_only, echo_client, expect_router_error, fetch, get_request,
+    grpc_call, keyed_call, route_k_rules, say, seen,
 };
 
 /// The issuer every token must name (`--jwt-issuer`).
@@ -86,24 +84,6 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// A `GET path` request to `proxy`, with `x-routing-key: key` when given and the `headers`
-/// added.
-fn request(
-    proxy: SocketAddr,
-    path: &str,
-    key: Option<&str>,
-    headers: &[(&str, &str)],
-) -> http::Request<Body> {
-    let mut builder = client::request(Method::GET, proxy, path);
-    if let Some(key) = key {
-        builder = builder.header(ROUTING_KEY, key);
-    }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(client::empty()).expect("a valid request")
-}
-
 /// `GET /` with `key` and `authorization` (no such header when `None`), read to the end.
 async fn get_authorized(
     client: &HttpClient,
@@ -115,7 +95,7 @@ async fn get_authorized(
         .map(|a| (AUTHORIZATION, a))
         .into_iter()
         .collect();
-    fetch(client, request(proxy, "/", key, &headers)).await
+    fetch(client, get_request(proxy, "/", key, &headers)).await
 }
 
 /// `GET /` with key `k` and `Authorization: Bearer token`, read to the end.
@@ -135,7 +115,7 @@ async fn headers_seen(
     let authorization = bearer(token);
     let mut all = vec![(AUTHORIZATION, authorization.as_str())];
     all.extend_from_slice(headers);
-    let resp = fetch(client, request(proxy, "/headers", Some(key), &all)).await;
+    let resp = fetch(client, get_request(proxy, "/headers", Some(key), &all)).await;
     assert_eq!(
         resp.status,
         200,
@@ -371,7 +351,7 @@ async fn the_tenant_comes_from_the_token_not_from_a_client_sent_header() {
         let served_before = fake.requests();
         let send = |token: &str, claimed: &str| {
             let authorization = bearer(token);
-            let req = request(
+            let req = get_request(
                 proxy,
                 "/",
                 Some("k"),

@@ -512,3 +512,21 @@ pub fn seen(json: &Value, name: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A `GET path` request to `proxy`, with `x-routing-key: key` when given and the `headers`
+/// added.
+pub fn get_request(
+    proxy: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+) -> http::Request<Body> {
+    let mut builder = client::request(Method::GET, proxy, path);
+    if let Some(key) = key {
+        builder = builder.header(ROUTING_KEY, key);
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(client::empty()).expect("a valid request")
+}

@@ -11,9 +11,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Version};
+use http::Version;
 use hyper::body::Incoming;
-use integration_tests::client::{self, Body};
+use integration_tests::client;
 use integration_tests::fake_grpc::pb::SayRequest;
 use integration_tests::fake_grpc::pb::echo_client::EchoClient;
 use integration_tests::fake_model::{SERVER_HEADER, sse_chunk};
@@ -26,8 +26,8 @@ use tonic::transport::Channel;
 
 use crate::support::{
     CLIENT_VERSIONS, assert_trailers_only, echo_client, expect_end, expect_router_error, fetch,
-    grpc_call, keyed, keyed_call, read_exactly, refused_naming, route_k_rules, wait_for_cluster,
-    wait_for_metric_exactly, with_fields,
+    get_request, grpc_call, keyed_call, read_exactly, refused_naming, route_k_rules,
+    wait_for_cluster, wait_for_metric_exactly, with_fields,
 };
 
 /// The header naming a request's tenant (without `--tenant-header`).
@@ -53,20 +53,6 @@ fn refused_labels<'a>(tenant: &'a str, reason: &'a str) -> [(&'a str, &'a str); 
     [("tenant", tenant), ("reason", reason)]
 }
 
-/// A `GET path` request with `x-routing-key: key` and the `headers` added.
-fn request_with(
-    proxy: SocketAddr,
-    path: &str,
-    key: &str,
-    headers: &[(&str, &str)],
-) -> http::Request<Body> {
-    let mut builder = keyed(Method::GET, proxy, path, key);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(client::empty()).expect("a valid request")
-}
-
 /// `GET /` with `key` and the `headers` added, read to the end.
 async fn get_with(
     client: &HttpClient,
@@ -74,7 +60,7 @@ async fn get_with(
     key: &str,
     headers: &[(&str, &str)],
 ) -> Collected {
-    fetch(client, request_with(proxy, "/", key, headers)).await
+    fetch(client, get_request(proxy, "/", Some(key), headers)).await
 }
 
 /// `GET /` with `key` as `tenant` (no tenant header when `None`), read to the end.
@@ -165,7 +151,7 @@ async fn say_as(
 /// head arrived: the request is then in flight until the fake is released and the body read
 /// to its end.
 async fn hold_sse(client: &HttpClient, proxy: SocketAddr, key: &str, tenant: &str) -> Incoming {
-    let req = request_with(proxy, "/sse?chunks=1", key, &[(TENANT, tenant)]);
+    let req = get_request(proxy, "/sse?chunks=1", Some(key), &[(TENANT, tenant)]);
     let resp = within("an SSE head", DEADLINE, client.send(req))
         .await
         .expect("an SSE request through the router");
@@ -190,7 +176,7 @@ async fn hold_sse_when_room(
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));
     loop {
         poll.tick().await;
-        let req = request_with(proxy, "/sse?chunks=1", key, &[(TENANT, tenant)]);
+        let req = get_request(proxy, "/sse?chunks=1", Some(key), &[(TENANT, tenant)]);
         let resp = within("an SSE head", DEADLINE, client.send(req))
             .await
             .expect("an SSE request through the router");
