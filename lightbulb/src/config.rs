@@ -100,6 +100,10 @@ pub struct Config {
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// OTLP span export (one span per Resolve call).
+    #[command(flatten)]
+    pub otlp: service_runtime::otlp::OtlpArgs,
 }
 
 impl Config {

@@ -17,6 +17,7 @@ use futures_util::Stream;
 use models_config::ValidRuleSet;
 use models_config::spec::{RuleSet, TrafficClass};
 use routing_proto::lightbulb::v1 as pb;
+use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanStart, Tracer};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -39,6 +40,8 @@ pub struct ResolverService {
     engine: Arc<ArcSwap<Engine>>,
     /// Answers already computed; disabled unless [`ResolverService::with_cache`] set one.
     cache: Arc<ResolveCache>,
+    /// Records one span per sampled call, with `--otlp-endpoint`.
+    tracer: Option<Arc<Tracer>>,
 }
 
 // === impl ResolverService ===
@@ -50,7 +53,27 @@ impl ResolverService {
         Self {
             engine,
             cache: Arc::new(ResolveCache::disabled()),
+            tracer: None,
         }
+    }
+
+    /// Records a span for every sampled `Resolve` and `ResolveBatch` call through `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Starts the span of a call, when it is sampled.
+    fn span<T>(&self, request: &Request<T>) -> Option<(&Tracer, SpanStart, Option<String>)> {
+        let tracer = self.tracer.as_deref()?;
+        let metadata = request.metadata();
+        let parent = metadata.get(otlp::TRACEPARENT).map(|v| v.as_bytes());
+        let start = tracer.start(parent)?;
+        let state = metadata
+            .get(otlp::TRACESTATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Some((tracer, start, state))
     }
 
     /// Answers through `cache` (shared with whoever invalidates it on reload).
@@ -71,16 +94,85 @@ impl pb::resolver_server::Resolver for ResolverService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let span = self.span(&request);
+        let request = request.into_inner();
+        let asked = span
+            .is_some()
+            .then(|| (request.objective.clone(), request.tenant.clone()));
         let engine = self.engine.load();
-        let response = resolve_one(&engine, &self.cache, request.into_inner())?;
-        Ok(Response::new(response))
+        let result = resolve_one(&engine, &self.cache, request);
+        if let (Some((tracer, start, trace_state)), Some((objective, tenant))) = (span, asked) {
+            let mut attributes = rpc_attributes("Resolve");
+            attributes.push(("objective", AttrValue::Owned(objective)));
+            if !tenant.is_empty() {
+                attributes.push(("tenant", AttrValue::Owned(tenant)));
+            }
+            attributes.push(("rule_set_version", AttrValue::Int(engine.version() as i64)));
+            let (code, error) = match &result {
+                Ok(response) => {
+                    attributes.push((
+                        "routing_key",
+                        AttrValue::Owned(response.routing_key.clone()),
+                    ));
+                    (tonic::Code::Ok, None)
+                }
+                Err(err) => {
+                    let code = err.code().grpc();
+                    // Only a server fault makes a server span an error; a bad request is not.
+                    let fault = matches!(code, tonic::Code::Internal | tonic::Code::Unavailable);
+                    (code, fault.then(|| err.to_string()))
+                }
+            };
+            attributes.push(("rpc.grpc.status_code", AttrValue::Int(code as i64)));
+            tracer.finish(
+                start,
+                SpanEnd {
+                    name: "lightbulb.v1.Resolver/Resolve".to_owned(),
+                    attributes,
+                    error,
+                    trace_state,
+                },
+            );
+        }
+        Ok(Response::new(result?))
     }
 
     async fn resolve_batch(
         &self,
         request: Request<pb::ResolveBatchRequest>,
     ) -> Result<Response<pb::ResolveBatchResponse>, Status> {
+        let span = self.span(&request);
         let requests = request.into_inner().requests;
+        let size = requests.len();
+        let answered = self.resolve_all(requests);
+        if let Some((tracer, start, trace_state)) = span {
+            let mut attributes = rpc_attributes("ResolveBatch");
+            attributes.push(("batch_size", AttrValue::Int(size as i64)));
+            let code = answered
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+            attributes.push(("rpc.grpc.status_code", AttrValue::Int(code as i64)));
+            tracer.finish(
+                start,
+                SpanEnd {
+                    name: "lightbulb.v1.Resolver/ResolveBatch".to_owned(),
+                    attributes,
+                    error: None,
+                    trace_state,
+                },
+            );
+        }
+        let results = answered?;
+        Ok(Response::new(pb::ResolveBatchResponse { results }))
+    }
+}
+
+impl ResolverService {
+    /// The answers to one batch, in order; a batch over [`MAX_BATCH`] is refused whole.
+    fn resolve_all(
+        &self,
+        requests: Vec<pb::ResolveRequest>,
+    ) -> Result<Vec<pb::ResolveResult>, Status> {
         if requests.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "batch of {} requests, at most {MAX_BATCH} are allowed",
@@ -103,8 +195,17 @@ impl pb::resolver_server::Resolver for ResolverService {
                 }
             })
             .collect();
-        Ok(Response::new(pb::ResolveBatchResponse { results }))
+        Ok(results)
     }
+}
+
+/// The RPC attributes of a `Resolver` call's span.
+fn rpc_attributes(method: &'static str) -> Vec<(&'static str, AttrValue)> {
+    vec![
+        ("rpc.system", AttrValue::Static("grpc")),
+        ("rpc.service", AttrValue::Static("lightbulb.v1.Resolver")),
+        ("rpc.method", AttrValue::Static(method)),
+    ]
 }
 
 /// One request: converted, answered through the cache, counted in the metrics. The HTTP

@@ -200,7 +200,12 @@ impl Lightbulb {
             .thread_name("lightbulb")
             .enable_all()
             .build()?;
-        let resolver = ResolverService::new(Arc::clone(&engine)).with_cache(Arc::clone(&cache));
+        let tracer =
+            service_runtime::otlp::Tracer::spawn(&config.otlp, "lightbulb", runtime.handle())
+                .map_err(|e| StartError::Usage(e.to_string()))?;
+        let resolver = ResolverService::new(Arc::clone(&engine))
+            .with_cache(Arc::clone(&cache))
+            .with_tracer(tracer);
         let routing = RoutingConfigService::new(rules_rx);
         let (grpc, health) = runtime.block_on(server::build(resolver, routing))?;
 

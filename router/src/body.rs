@@ -7,6 +7,8 @@ pub mod replay;
 pub mod tee;
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -45,9 +47,25 @@ pub struct Source {
     ended: Option<oneshot::Sender<()>>,
     tee: Option<tee::Sender>,
     done: bool,
-    /// Bytes read so far, and the counter they go to once the body ends.
+    /// Bytes read so far, and where they are counted.
     read: u64,
-    meter: Option<metrics::Counter>,
+    meter: Option<BodyMeter>,
+}
+
+/// Where the byte count of a client's body goes: the route's counter, once the body ends,
+/// and, when an access-log line will be written, a tally that line reads.
+#[derive(Debug)]
+pub struct BodyMeter {
+    /// The route's request-bytes counter.
+    pub counter: metrics::Counter,
+    /// Bytes read so far, kept up to date frame by frame.
+    pub tally: Option<Arc<AtomicU64>>,
+}
+
+impl BodyMeter {
+    fn count(&self, bytes: u64) {
+        self.counter.increment(bytes);
+    }
 }
 
 impl Source {
@@ -56,7 +74,7 @@ impl Source {
     pub fn new(
         incoming: Incoming,
         tee: Option<tee::Sender>,
-        meter: Option<metrics::Counter>,
+        meter: Option<BodyMeter>,
     ) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let source = Source {
@@ -89,6 +107,9 @@ impl Source {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.read += data.len() as u64;
+                    if let Some(tally) = self.meter.as_ref().and_then(|m| m.tally.as_ref()) {
+                        tally.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                 }
                 if let Some(tee) = &mut self.tee {
                     tee.push(frame);
@@ -107,7 +128,7 @@ impl Source {
     fn finish(&mut self, complete: bool) {
         self.done = true;
         if let Some(meter) = self.meter.take() {
-            meter.increment(self.read);
+            meter.count(self.read);
         }
         if let Some(tx) = self.ended.take() {
             let _ = tx.send(());
@@ -125,7 +146,7 @@ impl Source {
 impl Drop for Source {
     fn drop(&mut self) {
         if let Some(meter) = self.meter.take() {
-            meter.increment(self.read);
+            meter.count(self.read);
         }
     }
 }
@@ -137,7 +158,7 @@ impl RequestBody {
     pub fn new(
         incoming: Incoming,
         tee: Option<tee::Sender>,
-        meter: Option<metrics::Counter>,
+        meter: Option<BodyMeter>,
     ) -> (Self, Option<oneshot::Receiver<()>>) {
         if incoming.is_end_stream() {
             if let Some(tee) = tee {

@@ -152,6 +152,10 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// OTLP span export (one span per request).
+    #[command(flatten)]
+    pub otlp: service_runtime::otlp::OtlpArgs,
+
     /// File holding the bearer token required by mutating admin calls. Required when the
     /// admin API listens on a non-loopback address.
     #[arg(long, value_name = "FILE")]

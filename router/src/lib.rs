@@ -33,7 +33,7 @@ pub mod outlier;
 pub mod proxy;
 pub mod reload;
 pub mod retry;
-mod rng;
+use service_runtime::rng;
 pub mod route;
 pub mod server;
 pub mod source;
@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use metrics_exporter_prometheus::PrometheusHandle;
+use service_runtime::otlp::Tracer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -176,12 +177,18 @@ impl Router {
                 Some(Arc::new(verifier))
             }
         };
+        let control = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let tracer = Tracer::spawn(&config.otlp, "router", control.handle())
+            .map_err(|e| StartError::Flag(e.to_string()))?;
         let settings = state::ProxySettings {
             routing_header,
             tenant_header,
             access_log: config.access_log,
             attribution: config.served_by,
             identity,
+            tracer,
             workers,
         };
         let shared = match config.source() {
@@ -224,9 +231,6 @@ impl Router {
             })?;
         admin_listener.set_nonblocking(true)?;
         let admin_addr = admin_listener.local_addr()?;
-        let control = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         Ok(Router {
             config,
             shared,
@@ -394,6 +398,9 @@ impl Router {
             }
             if let Some(admin) = admin_server {
                 let _ = admin.await;
+            }
+            if let Some(tracer) = &shared.settings.tracer {
+                tracer.flush(Duration::from_secs(2)).await;
             }
             tracing::info!("stopped");
         });

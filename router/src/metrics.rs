@@ -12,8 +12,10 @@ use http::StatusCode;
 use metrics::{Counter, Histogram, Unit};
 
 use crate::headers::TrafficClass;
+use crate::tenant::Tenant;
 
-/// Requests answered, by route, cluster and status code.
+/// Requests answered, by route, cluster, status code and traffic class, and by tenant for
+/// requests of a declared tenant.
 pub const REQUESTS_TOTAL: &str = "router_requests_total";
 /// Time from receiving the request to sending the response headers.
 pub const REQUEST_DURATION_SECONDS: &str = "router_request_duration_seconds";
@@ -289,8 +291,13 @@ impl Drop for ActiveRequest {
 pub struct RouteMetrics {
     route: Arc<str>,
     cluster: Arc<str>,
+    /// Tenants declared by the table (their [`crate::tenant::Tenant::index`] is below this).
+    tenants: usize,
     handles: OnceLock<Arc<PairHandles>>,
 }
+
+/// Request counters of one traffic class and status slot each.
+type StatusSlots = [[OnceLock<Counter>; STATUS_SLOTS.len()]; TrafficClass::COUNT];
 
 /// The registered handles of one (route, cluster) pair; a response body holds them (one
 /// `Arc`) to count its bytes and its gRPC status when it ends.
@@ -304,19 +311,26 @@ pub struct PairHandles {
     grpc: [OnceLock<Counter>; 17],
     route: Arc<str>,
     cluster: Arc<str>,
-    /// Per traffic class ([`TrafficClass::index`]), per status slot.
-    by_status: [[OnceLock<Counter>; STATUS_SLOTS.len()]; TrafficClass::COUNT],
+    /// Per traffic class ([`TrafficClass::index`]), per status slot; requests without a
+    /// declared tenant.
+    by_status: StatusSlots,
+    /// The same per declared tenant, by index; allocated when the first tenant's request
+    /// is counted.
+    by_tenant: OnceLock<Box<[StatusSlots]>>,
+    tenants: usize,
     connect_failures: Counter,
     retries: Counter,
     fallbacks: Counter,
 }
 
 impl RouteMetrics {
-    /// Handles for `route` served by `cluster` (nothing is registered yet).
-    pub fn new(route: Arc<str>, cluster: Arc<str>) -> Self {
+    /// Handles for `route` served by `cluster`, in a table declaring `tenants` tenants
+    /// (nothing is registered yet).
+    pub fn new(route: Arc<str>, cluster: Arc<str>, tenants: usize) -> Self {
         RouteMetrics {
             route,
             cluster,
+            tenants,
             handles: OnceLock::new(),
         }
     }
@@ -337,6 +351,8 @@ impl RouteMetrics {
                 route: Arc::clone(&self.route),
                 cluster: Arc::clone(&self.cluster),
                 by_status: Default::default(),
+                by_tenant: OnceLock::new(),
+                tenants: self.tenants,
                 connect_failures: metrics::counter!(UPSTREAM_CONNECT_FAILURES_TOTAL, "cluster" => self.cluster.to_string()),
                 retries: metrics::counter!(RETRIES_TOTAL, "cluster" => self.cluster.to_string()),
                 fallbacks: metrics::counter!(FALLBACKS_TOTAL, &labels),
@@ -344,15 +360,29 @@ impl RouteMetrics {
         })
     }
 
-    /// Records one answered request of traffic class `class`.
-    pub fn record(&self, status: StatusCode, elapsed: Duration, class: TrafficClass) {
+    /// Records one answered request of traffic class `class`, from `tenant` when it is a
+    /// declared one.
+    pub fn record(
+        &self,
+        status: StatusCode,
+        elapsed: Duration,
+        class: TrafficClass,
+        tenant: Option<&Tenant>,
+    ) {
         let h = self.handles();
         h.duration.record(elapsed.as_secs_f64());
+        let slots = match tenant {
+            None => &h.by_status,
+            Some(t) => match h.tenant_slots(t.index) {
+                Some(slots) => slots,
+                None => return status_counter(self, status, class, tenant).increment(1),
+            },
+        };
         match STATUS_SLOTS.iter().position(|&s| s == status.as_u16()) {
-            Some(i) => h.by_status[class.index()][i]
-                .get_or_init(|| status_counter(&self.route, &self.cluster, status, class))
+            Some(i) => slots[class.index()][i]
+                .get_or_init(|| status_counter(self, status, class, tenant))
                 .increment(1),
-            None => status_counter(&self.route, &self.cluster, status, class).increment(1),
+            None => status_counter(self, status, class, tenant).increment(1),
         }
     }
 
@@ -372,14 +402,22 @@ impl RouteMetrics {
     }
 }
 
-fn status_counter(route: &str, cluster: &str, status: StatusCode, class: TrafficClass) -> Counter {
-    metrics::counter!(
-        REQUESTS_TOTAL,
-        "route" => route.to_string(),
-        "cluster" => cluster.to_string(),
-        "status" => status.as_str().to_string(),
-        "traffic_class" => class.as_str()
-    )
+fn status_counter(
+    pair: &RouteMetrics,
+    status: StatusCode,
+    class: TrafficClass,
+    tenant: Option<&Tenant>,
+) -> Counter {
+    let mut labels = vec![
+        ("route", pair.route.to_string()),
+        ("cluster", pair.cluster.to_string()),
+        ("status", status.as_str().to_string()),
+        ("traffic_class", class.as_str().to_string()),
+    ];
+    if let Some(tenant) = tenant {
+        labels.push(("tenant", tenant.name.to_string()));
+    }
+    metrics::counter!(REQUESTS_TOTAL, &labels)
 }
 
 /// The counter of requests of declared tenant `tenant`.
@@ -393,6 +431,14 @@ pub fn tenant_refused(tenant: &str, reason: &'static str) -> Counter {
 }
 
 impl PairHandles {
+    /// The request counters of the tenant with index `index` (`None` past the table's
+    /// tenants, which cannot happen for a tenant of the same table).
+    fn tenant_slots(&self, index: usize) -> Option<&StatusSlots> {
+        self.by_tenant
+            .get_or_init(|| (0..self.tenants).map(|_| StatusSlots::default()).collect())
+            .get(index)
+    }
+
     /// Records the time from sending a request upstream to its response headers.
     #[inline]
     pub fn upstream(&self, took: Duration) {
@@ -442,8 +488,8 @@ pub fn record_cluster_active(cluster: &str, active: usize) {
 pub fn record_unrouted(status: StatusCode, elapsed: Duration, class: TrafficClass) {
     static UNROUTED: OnceLock<RouteMetrics> = OnceLock::new();
     UNROUTED
-        .get_or_init(|| RouteMetrics::new(Arc::from(UNKNOWN_ROUTE), Arc::from(NO_CLUSTER)))
-        .record(status, elapsed, class);
+        .get_or_init(|| RouteMetrics::new(Arc::from(UNKNOWN_ROUTE), Arc::from(NO_CLUSTER), 0))
+        .record(status, elapsed, class, None);
 }
 
 /// Records the outcome of a config reload and, on success, the table now in use.

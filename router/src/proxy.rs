@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,10 +33,11 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use models_config::spec::Protocol;
+use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanStart, Tracer};
 use tokio::sync::oneshot;
 
 use crate::body::replay::Replayer;
-use crate::body::{Finish, RequestBody, Source, UpstreamBody};
+use crate::body::{BodyMeter, Finish, RequestBody, Source, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
 use crate::headers::TrafficClass;
@@ -58,7 +60,8 @@ pub type ProxyBody = Either<UpstreamBody<ResponseGuard>, Full<Bytes>>;
 type Upstream = (Response<Incoming>, InFlight, Duration);
 
 /// What a proxied response holds until its body ends: the in-flight counts, its metric
-/// handles (bytes, gRPC status), and its access-log line, written once the bytes are known.
+/// handles (bytes, gRPC status), and its access-log line and span, completed once the bytes
+/// are known.
 #[derive(Debug)]
 pub struct ResponseGuard {
     in_flight: InFlight,
@@ -68,9 +71,12 @@ pub struct ResponseGuard {
     log: Option<Box<AccessLine>>,
 }
 
-/// The access-log line of one proxied answer, completed when its body ends.
+/// The access-log line and the span of one proxied answer, completed when its body ends.
 #[derive(Debug)]
 struct AccessLine {
+    /// Whether a line is written (`--access-log`); the span may be recorded without one.
+    write: bool,
+    span: Option<RequestSpan>,
     client: SocketAddr,
     route: Arc<str>,
     cluster: Arc<str>,
@@ -79,6 +85,7 @@ struct AccessLine {
     status: u16,
     grpc_status: Option<HeaderValue>,
     request_id: Option<HeaderValue>,
+    bytes_in: Option<Arc<AtomicU64>>,
     start: Instant,
     upstream: Duration,
 }
@@ -92,29 +99,150 @@ impl Finish for ResponseGuard {
         {
             self.metrics.grpc(code);
         }
-        if let Some(line) = self.log.take() {
-            let grpc_status = trailer_status.or(line.grpc_status.as_ref());
-            let text = |v: Option<&HeaderValue>| {
-                v.and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+        let Some(mut line) = self.log.take() else {
+            return;
+        };
+        let grpc_status = trailer_status.or(line.grpc_status.as_ref());
+        let text = |v: Option<&HeaderValue>| {
+            v.and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let endpoint = &self.in_flight.host().address;
+        if line.write {
             tracing::info!(
                 target: "access",
                 client = %line.client,
                 request_id = %text(line.request_id.as_ref()),
                 route = %line.route,
                 cluster = %line.cluster,
-                endpoint = %self.in_flight.host().address,
+                endpoint = %endpoint,
                 tenant = line.tenant.as_deref().unwrap_or(""),
                 traffic_class = line.class.as_str(),
                 status = line.status,
                 grpc_status = %text(grpc_status),
+                bytes_in = line.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
                 bytes_out = bytes,
                 duration_us = line.start.elapsed().as_micros() as u64,
                 upstream_us = line.upstream.as_micros() as u64,
             );
         }
+        if let Some(span) = line.span.take() {
+            let grpc_code = grpc_status.and_then(|v| v.to_str().ok()?.parse::<u8>().ok());
+            span.finish(SpanFacts {
+                route: Some(&line.route),
+                cluster: Some(&line.cluster),
+                endpoint: Some(endpoint.to_string()),
+                tenant: line.tenant.as_ref(),
+                class: line.class,
+                status: line.status,
+                grpc_status: grpc_code,
+                error_code: None,
+                bytes_out: Some(bytes),
+            });
+        }
+    }
+}
+
+/// The span of a sampled request (with `--otlp-endpoint`), from its arrival.
+#[derive(Debug)]
+struct RequestSpan {
+    tracer: Arc<Tracer>,
+    start: SpanStart,
+    method: Method,
+    trace_state: Option<HeaderValue>,
+}
+
+/// What a request's span says about it once answered.
+struct SpanFacts<'a> {
+    route: Option<&'a Arc<str>>,
+    cluster: Option<&'a Arc<str>>,
+    endpoint: Option<String>,
+    tenant: Option<&'a Arc<str>>,
+    class: TrafficClass,
+    status: u16,
+    grpc_status: Option<u8>,
+    /// The router's own error code, for its own answers.
+    error_code: Option<&'static str>,
+    bytes_out: Option<u64>,
+}
+
+impl RequestSpan {
+    /// Starts the span of a request, when it is sampled.
+    #[inline]
+    fn start(tracer: Option<&Arc<Tracer>>, req: &Request<Incoming>) -> Option<Self> {
+        let tracer = tracer?;
+        let start = tracer.start(
+            req.headers()
+                .get(otlp::TRACEPARENT)
+                .map(HeaderValue::as_bytes),
+        )?;
+        Some(RequestSpan {
+            tracer: Arc::clone(tracer),
+            start,
+            method: req.method().clone(),
+            trace_state: req.headers().get(otlp::TRACESTATE).cloned(),
+        })
+    }
+
+    #[cold]
+    fn finish(self, facts: SpanFacts<'_>) {
+        let route = facts.route.map_or(metrics::UNKNOWN_ROUTE, |r| &**r);
+        let name = format!("{} {route}", self.method);
+        let mut attributes = vec![
+            (
+                "http.request.method",
+                AttrValue::Owned(self.method.to_string()),
+            ),
+            ("route", AttrValue::Owned(route.to_owned())),
+            ("traffic_class", AttrValue::Static(facts.class.as_str())),
+            (
+                "http.response.status_code",
+                AttrValue::Int(i64::from(facts.status)),
+            ),
+        ];
+        if let Some(cluster) = facts.cluster {
+            attributes.push(("cluster", AttrValue::Shared(Arc::clone(cluster))));
+        }
+        if let Some(endpoint) = facts.endpoint {
+            attributes.push(("endpoint", AttrValue::Owned(endpoint)));
+        }
+        if let Some(tenant) = facts.tenant {
+            attributes.push(("tenant", AttrValue::Shared(Arc::clone(tenant))));
+        }
+        if let Some(code) = facts.grpc_status {
+            attributes.push(("rpc.grpc.status_code", AttrValue::Int(i64::from(code))));
+        }
+        if let Some(code) = facts.error_code {
+            attributes.push(("error.type", AttrValue::Static(code)));
+        }
+        if let Some(bytes) = facts.bytes_out {
+            attributes.push(("http.response.body.size", AttrValue::Int(bytes as i64)));
+        }
+        // A server span is an error for a 5xx, or for a gRPC status that means the server
+        // failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+        let error = if let Some(code) = facts.error_code.filter(|_| facts.status >= 500) {
+            Some(code.to_owned())
+        } else if facts.status >= 500 {
+            Some(format!("HTTP {}", facts.status))
+        } else {
+            facts
+                .grpc_status
+                .filter(|c| matches!(c, 2 | 4 | 12 | 13 | 14 | 15))
+                .map(|c| format!("gRPC status {c}"))
+        };
+        let trace_state = self
+            .trace_state
+            .and_then(|v| v.to_str().ok().map(str::to_owned));
+        self.tracer.finish(
+            self.start,
+            SpanEnd {
+                name,
+                attributes,
+                error,
+                trace_state,
+            },
+        );
     }
 }
 
@@ -157,6 +285,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let start = Instant::now();
     let _active = ActiveRequest::start();
     let grpc = headers::is_grpc(req.headers());
+    let mut span = RequestSpan::start(shared.settings.tracer.as_ref(), &req);
     let mut req = req;
 
     // 0: identity, before anything reads the request: the token verified, its claims
@@ -176,8 +305,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                     ProxyError::Unauthenticated,
                     key,
                     &req,
-                    grpc,
-                    start,
+                    (grpc, start, span),
                     version.as_ref(),
                 );
             }
@@ -196,8 +324,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 ProxyError::MissingRoutingKey,
                 None,
                 &req,
-                grpc,
-                start,
+                (grpc, start, span),
                 version,
             );
         };
@@ -208,8 +335,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 ProxyError::InvalidTrafficClass,
                 Some(key),
                 &req,
-                grpc,
-                start,
+                (grpc, start, span),
                 version,
             );
         }
@@ -233,8 +359,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                     ProxyError::UnknownRoutingKey,
                     Some(key),
                     &req,
-                    grpc,
-                    start,
+                    (grpc, start, span),
                     version,
                 );
             }
@@ -242,6 +367,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     };
     let class = class.unwrap_or(TrafficClass::Live);
     let downstream_version = req.version();
+    let mut bytes_in = None;
     let (served_by, result, body_complete, tenant_permit, mirrored, request_id) = match admitted {
         Err(err) => {
             let complete = req.body().is_end_stream();
@@ -252,11 +378,20 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             headers::strip_hop_by_hop(&mut parts.headers, true);
             headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
             headers::ensure_request_id(&mut parts.headers);
-            let request_id = if shared.settings.access_log {
+            let request_id = if shared.settings.access_log || span.is_some() {
                 parts.headers.get(headers::X_REQUEST_ID).cloned()
             } else {
                 None
             };
+            if let Some(span) = &span {
+                // The upstream's spans are children of this one.
+                parts
+                    .headers
+                    .insert(otlp::TRACEPARENT, span.start.traceparent());
+            }
+            if shared.settings.access_log && !body.is_end_stream() {
+                bytes_in = Some(Arc::new(AtomicU64::new(0)));
+            }
 
             // 3: pick the target cluster (synthetic traffic only ever to the route's
             // synthetic cluster, when it has one); start the mirror's copy.
@@ -278,7 +413,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 _ => None,
             };
             let tee = mirrored.as_mut().and_then(|m| m.tee.take());
-            let (out, upload_done) = Outgoing::new(&route, parts, body, tee);
+            let (out, upload_done) = Outgoing::new(&route, parts, body, tee, bytes_in.clone());
 
             // 4: admission, pick and forward on each cluster, along the fallback chain. The
             // route timeout covers connect attempts, fallbacks and the wait for response
@@ -327,8 +462,12 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             {
                 pair.grpc(code);
             }
-            let log = shared.settings.access_log.then(|| {
+            let span = span.take();
+            let log = (shared.settings.access_log || span.is_some()).then(|| {
                 Box::new(AccessLine {
+                    write: shared.settings.access_log,
+                    span,
+                    bytes_in,
                     client: remote,
                     route: Arc::clone(&route.key),
                     cluster: Arc::clone(&served_by.cluster.name),
@@ -366,7 +505,9 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         let _ = mirrored.status.send(response.status());
     }
     let elapsed = start.elapsed();
-    served_by.metrics.record(response.status(), elapsed, class);
+    served_by
+        .metrics
+        .record(response.status(), elapsed, class, tenant.as_deref());
     // Proxied answers are logged when their body ends (see `ResponseGuard`).
     if shared.settings.access_log && matches!(response.body(), Either::Right(_)) {
         tracing::info!(
@@ -381,7 +522,31 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             duration_us = elapsed.as_micros() as u64,
         );
     }
+    // A proxied answer's span went into its body guard; this one is the router's own.
+    if let Some(span) = span {
+        span.finish(SpanFacts {
+            route: Some(&route.key),
+            cluster: Some(&served_by.cluster.name),
+            endpoint: None,
+            tenant: tenant.as_ref().map(|t| &t.name),
+            class,
+            status: response.status().as_u16(),
+            grpc_status: grpc.then(|| err_grpc_status(&response)).flatten(),
+            error_code: Some(response_code),
+            bytes_out: None,
+        });
+    }
     response
+}
+
+/// The gRPC status of one of the router's own trailers-only answers.
+fn err_grpc_status<B>(resp: &Response<B>) -> Option<u8> {
+    resp.headers()
+        .get(headers::GRPC_STATUS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The tenant checks of the admission phase: the route allows the request's tenant, and
@@ -419,8 +584,7 @@ fn unrouted(
     err: ProxyError,
     key: Option<&[u8]>,
     req: &Request<Incoming>,
-    grpc: bool,
-    start: Instant,
+    (grpc, start, span): (bool, Instant, Option<RequestSpan>),
     served_by: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
     let mut resp = err.into_response(key, grpc);
@@ -443,6 +607,19 @@ fn unrouted(
             code = err.as_label(),
             duration_us = elapsed.as_micros() as u64,
         );
+    }
+    if let Some(span) = span {
+        span.finish(SpanFacts {
+            route: None,
+            cluster: None,
+            endpoint: None,
+            tenant: None,
+            class,
+            status: resp.status().as_u16(),
+            grpc_status: grpc.then(|| err_grpc_status(&resp)).flatten(),
+            error_code: Some(err.as_label()),
+            bytes_out: None,
+        });
     }
     resp.map(Either::Right)
 }
@@ -492,10 +669,15 @@ impl Outgoing {
         parts: http::request::Parts,
         body: Incoming,
         tee: Option<crate::body::tee::Sender>,
+        tally: Option<Arc<AtomicU64>>,
     ) -> (Self, Option<oneshot::Receiver<()>>) {
+        let meter = |route: &Route| BodyMeter {
+            counter: route.request_meter(),
+            tally,
+        };
         match &route.retry {
             None => {
-                let meter = (!body.is_end_stream()).then(|| route.request_meter());
+                let meter = (!body.is_end_stream()).then(|| meter(route));
                 let (body, done) = RequestBody::new(body, tee, meter);
                 (Outgoing::Once(Some(Request::from_parts(parts, body))), done)
             }
@@ -506,7 +688,7 @@ impl Outgoing {
                     }
                     (None, None)
                 } else {
-                    let (source, done) = Source::new(body, tee, Some(route.request_meter()));
+                    let (source, done) = Source::new(body, tee, Some(meter(route)));
                     (Some(Replayer::new(source, policy.replay_cap)), Some(done))
                 };
                 let out = Outgoing::Replay {

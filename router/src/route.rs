@@ -368,7 +368,11 @@ impl RouteTable {
         for (key, spec) in rule_set.routes.iter() {
             let key_arc: Arc<str> = Arc::from(key.as_str());
             let target = |c: Arc<Cluster>| RouteTarget {
-                metrics: RouteMetrics::new(Arc::clone(&key_arc), Arc::clone(&c.name)),
+                metrics: RouteMetrics::new(
+                    Arc::clone(&key_arc),
+                    Arc::clone(&c.name),
+                    rule_set.tenants.len(),
+                ),
                 cluster: c,
             };
             let primary = cluster(&spec.cluster);
@@ -428,12 +432,13 @@ impl RouteTable {
         let tenants = rule_set
             .tenants
             .iter()
-            .map(|(name, spec)| {
+            .enumerate()
+            .map(|(index, (name, spec))| {
                 let name_arc: Arc<str> = Arc::from(name.as_str());
                 let state = hosts.tenant(&name_arc);
                 (
                     Box::from(name.as_bytes()),
-                    Arc::new(Tenant::new(name, spec, state)),
+                    Arc::new(Tenant::new(name, index, spec, state)),
                 )
             })
             .collect();

@@ -15,6 +15,7 @@ use crate::identity::Verifier;
 use crate::metrics;
 use crate::route::RouteTable;
 pub use crate::source::ConfigSource;
+use service_runtime::otlp::Tracer;
 
 /// What every part of the router reads: the current route table and fixed settings.
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub struct ProxySettings {
     pub attribution: bool,
     /// Verifies bearer tokens, when `--jwt-jwks` is given.
     pub identity: Option<Arc<Verifier>>,
+    /// Records one span per sampled request and exports it, with `--otlp-endpoint`.
+    pub tracer: Option<Arc<Tracer>>,
     /// Proxy worker threads.
     pub workers: usize,
 }
@@ -68,6 +71,7 @@ impl ProxySettings {
             access_log: false,
             attribution: true,
             identity: None,
+            tracer: None,
             workers,
         }
     }

@@ -30,6 +30,8 @@ pub struct TenantState {
 pub struct Tenant {
     /// The name (a metric label).
     pub name: Arc<str>,
+    /// The tenant's place among its table's tenants (its request counters' slot).
+    pub index: usize,
     state: Arc<TenantState>,
     max_concurrent: Option<usize>,
     /// `(emission interval, bucket size × interval)`, in nanoseconds.
@@ -56,7 +58,7 @@ pub struct TenantPermit(Arc<TenantState>);
 
 impl Tenant {
     /// A tenant from its validated block and the state its name keeps across tables.
-    pub fn new(name: &str, spec: &TenantSpec, state: Arc<TenantState>) -> Self {
+    pub fn new(name: &str, index: usize, spec: &TenantSpec, state: Arc<TenantState>) -> Self {
         let rate = spec.requests_per_second.map(|rps| {
             let interval = (1e9 / rps).round().max(1.0) as u64;
             let burst = u64::from(spec.burst().unwrap_or(1));
@@ -64,6 +66,7 @@ impl Tenant {
         });
         Tenant {
             name: Arc::from(name),
+            index,
             state,
             max_concurrent: spec.max_concurrent.map(|m| m as usize),
             rate,
@@ -167,7 +170,7 @@ mod tests {
             r#"{"max_concurrent": 1, "requests_per_second": 0.001, "burst": 2}"#,
         )
         .unwrap();
-        let tenant = Tenant::new("t", &spec, Arc::default());
+        let tenant = Tenant::new("t", 0, &spec, Arc::default());
         let first = tenant.admit().unwrap();
         assert_eq!(tenant.admit().unwrap_err(), Refusal::Overloaded);
         drop(first);

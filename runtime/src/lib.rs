@@ -1,7 +1,10 @@
 //! Process plumbing shared by the platform's binaries (the router and Lightbulb), which must
-//! not depend on each other: the shutdown signal, the log setup and the worker count.
+//! not depend on each other: the shutdown signal, the log setup, the worker count, a fast
+//! per-thread random generator and OTLP span export.
 #![warn(missing_docs)]
 
+pub mod otlp;
+pub mod rng;
 pub mod signal;
 pub mod telemetry;
 

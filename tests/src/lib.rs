@@ -12,6 +12,9 @@
 //!   armed `UNAVAILABLE` answers) and `grpc.health.v1.Health` (a serving status the test
 //!   flips).
 //! - [`black_hole`]: a TCP server that accepts connections and never reads nor writes.
+//! - [`otlp`]: an OTLP/gRPC trace receiver standing in for a collector: it keeps every
+//!   exported span with its resource attributes and lets a test wait for the spans it
+//!   expects; plus a W3C `traceparent` parser.
 //! - [`router`]: spawns the real `router` binary on a rule set in a temp dir and talks to its
 //!   admin API.
 //! - [`lightbulb`]: the same for the real `lightbulb` binary (gRPC and HTTP APIs).
@@ -35,6 +38,7 @@ pub mod fake_grpc;
 pub mod fake_model;
 pub mod jwt;
 pub mod lightbulb;
+pub mod otlp;
 pub mod pattern;
 pub mod process;
 pub mod router;
@@ -47,6 +51,7 @@ pub use black_hole::BlackHole;
 pub use client::{Collected, HttpClient};
 pub use fake_grpc::{FakeGrpc, GrpcListening};
 pub use fake_model::{FakeModel, Listening, SeenRequest};
+pub use otlp::OtlpReceiver;
 pub use router::RouterProcess;
 
 /// The boxed error used by the body types of the helpers.

@@ -18,6 +18,7 @@ mod health;
 mod identity;
 mod lightbulb;
 mod mirror;
+mod otlp_export;
 mod reload;
 mod retry;
 mod routing;

@@ -622,6 +622,107 @@ async fn an_access_log_line_per_proxied_answer_carries_its_fields_and_the_upstre
 }
 
 #[tokio::test]
+async fn a_declared_tenants_requests_carry_its_label_and_an_upload_logs_its_bytes_in() {
+    const UPLOAD: u64 = 5_000;
+
+    let _trace = trace_init();
+    let fake = FakeModel::new().name("live").start().await;
+    let router = RouterProcess::start_with_args(
+        &json!({
+            "clusters": { "c": { "endpoints": [fake.endpoint()] } },
+            "routes": { "up": { "cluster": "c" } },
+            "tenants": { "search": {} },
+        }),
+        &ACCESS_LOG_ARGS,
+    )
+    .await;
+    let upload = |tenant: Option<&str>, id: &str| {
+        let mut req =
+            keyed(Method::POST, router.proxy_addr, "/sha256", "up").header(REQUEST_ID, id);
+        if let Some(tenant) = tenant {
+            req = req.header(TENANT, tenant);
+        }
+        req.body(client::pattern_body(UPLOAD))
+            .expect("a valid request")
+    };
+    for (i, client) in CLIENT_VERSIONS
+        .map(HttpClient::for_version)
+        .iter()
+        .enumerate()
+    {
+        let resp = fetch(client, upload(Some("search"), &format!("bytes-in-{i}"))).await;
+        assert_status(&resp, 200);
+        assert_eq!(
+            resp.json()["bytes"],
+            UPLOAD,
+            "upload {i} reached the fake whole"
+        );
+    }
+    // Without a tenant, and with one the rule set does not declare.
+    for (tenant, id) in [(None, "bytes-in-none"), (Some("other"), "bytes-in-other")] {
+        let resp = fetch(&HttpClient::http1(), upload(tenant, id)).await;
+        assert_status(&resp, 200);
+    }
+    let tenant_uploads = CLIENT_VERSIONS.len() as f64;
+
+    for i in 0..CLIENT_VERSIONS.len() {
+        let line = access_line(
+            &router,
+            &[("request_id", &format!("bytes-in-{i}"))],
+            "an upload",
+        )
+        .await;
+        assert_proxied_line(
+            &line,
+            &[
+                ("tenant", "search"),
+                ("bytes_in", &UPLOAD.to_string()),
+                ("status", "200"),
+            ],
+            "an upload",
+        );
+    }
+    let line = access_line(
+        &router,
+        &[("request_id", "bytes-in-none")],
+        "the upload without a tenant",
+    )
+    .await;
+    assert_field(
+        &line,
+        "bytes_in",
+        &UPLOAD.to_string(),
+        "the upload without a tenant",
+    );
+
+    let labels = [
+        ("route", "up"),
+        ("cluster", "c"),
+        ("status", "200"),
+        ("traffic_class", "live"),
+    ];
+    router
+        .wait_for_metric("router_requests_total", &labels, |v| {
+            v == tenant_uploads + 2.0
+        })
+        .await;
+    let mut with_tenant = labels.to_vec();
+    with_tenant.push(("tenant", "search"));
+    assert_eq!(
+        router.metric("router_requests_total", &with_tenant).await,
+        tenant_uploads,
+        "the declared tenant's requests, and only those, carry its label"
+    );
+    let mut undeclared = labels.to_vec();
+    undeclared.push(("tenant", "other"));
+    assert_eq!(
+        router.metric("router_requests_total", &undeclared).await,
+        0.0,
+        "an undeclared tenant is no label value (clients cannot mint series)"
+    );
+}
+
+#[tokio::test]
 async fn an_access_log_line_of_a_grpc_call_carries_its_grpc_status() {
     let _trace = trace_init();
     let upstream = FakeGrpc::new().start().await;

@@ -1,4 +1,5 @@
-//! A small, fast, per-thread pseudo-random generator for load balancing and request ids.
+//! A small, fast, per-thread pseudo-random generator for load balancing, request ids and
+//! trace and span ids.
 //!
 //! Not cryptographic: it spreads load and makes ids unique, nothing more. Each thread seeds
 //! its own state from the clock, the thread and a process-wide counter, so workers never share
