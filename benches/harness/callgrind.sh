@@ -2,8 +2,11 @@
 # Instructions per request of the router under callgrind: the bare rule set, the endpoint
 # health blocks alone (health check, outlier detection, circuit breaker on every cluster),
 # the same plus a retry policy with the replay buffer on every route, the whole production
-# rule set (the same plus the load's tenant with limits on every route), and the bare set mirroring every request to another cluster. The noise-free
-# figure for small changes (wall-clock CPU drifts run to run).
+# rule set (the same plus the load's tenant with limits on every route), the bare set
+# mirroring every request to another cluster, the bare set with JWT validation on (every
+# request carries the same valid token: the verification cache's hit path), and the bare set
+# with OTLP span export at 100% sampling (to a local sink that accepts every span). The
+# noise-free figure for small changes (wall-clock CPU drifts run to run).
 #
 # For each rule set the router runs twice under callgrind, serving N1 and N2 requests
 # (h2load, HTTP/1.1 or h2c); instructions per request = (total(N2) - total(N1)) / (N2 - N1),
@@ -12,7 +15,9 @@
 # the per-request slope under valgrind's slow clock.
 #
 # Usage: benches/harness/callgrind.sh [h1|h2] [N1] [N2]    (needs benches/harness/install.sh,
-#        valgrind, and target/release/router)
+#        valgrind, target/release/router and target/debug/bench-fixture:
+#        cargo build --release -p router && cargo build -p integration-tests --bin bench-fixture)
+#        SETS="bare prod" benches/harness/callgrind.sh h1   runs only those sets.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,16 +27,24 @@ PROTO="${1:-h1}"
 N1="${2:-2000}"
 N2="${3:-12000}"
 ROUTER_BIN="${ROUTER_BIN:-$ROOT/target/release/router}"
+FIXTURE_BIN="${FIXTURE_BIN:-$ROOT/target/debug/bench-fixture}"
+SETS="${SETS:-bare health retry prod mirror jwt otlp}"
 PORT=18771
 ADMIN=18772
+OTLP_PORT=18773
 
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind not found (apt-get install valgrind)" >&2; exit 1; }
 [[ -x "$ROUTER_BIN" ]] || { echo "callgrind.sh: $ROUTER_BIN missing (cargo build --release -p router)" >&2; exit 1; }
 
+[[ " $SETS " == *" jwt "* || " $SETS " == *" otlp "* ]] && [[ ! -x "$FIXTURE_BIN" ]] && {
+    echo "callgrind.sh: $FIXTURE_BIN missing (cargo build -p integration-tests --bin bench-fixture)" >&2; exit 1; }
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/callgrind.XXXXXX")"
 UPSTREAM=""
+SINK=""
 cleanup() {
     [[ -n "$UPSTREAM" ]] && kill "$UPSTREAM" 2>/dev/null && wait "$UPSTREAM" 2>/dev/null
+    [[ -n "$SINK" ]] && kill -INT "$SINK" 2>/dev/null && wait "$SINK" 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -73,31 +86,59 @@ for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:19001/" 2>/dev/
 h2flag=(--h1)
 [[ "$PROTO" == h2 ]] && h2flag=()
 
-# total_instructions CONFIG N: callgrind's total for a router that served N requests.
+# JWT: a key, its JWKS and one valid token; OTLP: a sink that accepts every span.
+TOKEN=""
+if [[ " $SETS " == *" jwt "* ]]; then
+    TOKEN="$("$FIXTURE_BIN" jwt "$WORK/jwt")"
+fi
+if [[ " $SETS " == *" otlp "* ]]; then
+    "$FIXTURE_BIN" otlp-sink --listen "127.0.0.1:$OTLP_PORT" >"$WORK/sink.log" 2>&1 &
+    SINK=$!
+    for _ in $(seq 100); do grep -q "listening" "$WORK/sink.log" && break; sleep 0.1; done
+fi
+
+# total_instructions CONFIG N [ROUTER ARGS...]: callgrind's total for a router that served N
+# requests (with AUTH, when set, as the Authorization header).
 total_instructions() {
     local config="$1" n="$2" out="$WORK/cg.out" log="$WORK/router.log"
+    shift 2
     valgrind --tool=callgrind --callgrind-out-file="$out" "$ROUTER_BIN" --config "$config" \
-        --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --workers 1 >"$log" 2>&1 &
+        --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --workers 1 "$@" >"$log" 2>&1 &
     local pid=$!
     for _ in $(seq 600); do grep -q "router listening" "$log" && break; sleep 0.1; done
-    h2load "${h2flag[@]}" -n "$n" -c 4 -m 1 -H "x-tenant-id: bench" -H "x-routing-key: $KEY" "http://127.0.0.1:$PORT/" >/dev/null
+    local auth=()
+    [[ -n "${AUTH:-}" ]] && auth=(-H "authorization: Bearer $AUTH")
+    h2load "${h2flag[@]}" -n "$n" -c 4 -m 1 -H "x-tenant-id: bench" -H "x-routing-key: $KEY" \
+        "${auth[@]}" "http://127.0.0.1:$PORT/" >"$WORK/h2load.log"
+    grep -q " 0 failed, 0 errored" "$WORK/h2load.log" && grep -q " 0 4xx, 0 5xx" "$WORK/h2load.log" || {
+        echo "callgrind.sh: not every request succeeded:" >&2; cat "$WORK/h2load.log" >&2; }
     kill -INT "$pid"
     wait "$pid" || true
     grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'
 }
 
-printf '%-14s %14s %14s %12s\n' "rule set" "I($N1)" "I($N2)" "instr/req"
-for set in bare health retry prod mirror; do
+printf '%-14s %14s %14s %12s %8s\n' "rule set" "I($N1)" "I($N2)" "instr/req" "/ bare"
+PER_bare=""
+for set in $SETS; do
     config="$WORK/router-small.json"
-    [[ "$set" == retry ]] && config="$WORK/router-retry-slow-probes.json"
-    [[ "$set" == mirror ]] && config="$WORK/router-mirror.json"
-    [[ "$set" == health ]] && config="$WORK/router-health-slow-probes.json"
-    [[ "$set" == prod ]] && config="$WORK/router-prod-slow-probes.json"
-    a="$(total_instructions "$config" "$N1")"
-    b="$(total_instructions "$config" "$N2")"
+    args=()
+    AUTH=""
+    case "$set" in
+        bare) ;;
+        retry) config="$WORK/router-retry-slow-probes.json" ;;
+        mirror) config="$WORK/router-mirror.json" ;;
+        health) config="$WORK/router-health-slow-probes.json" ;;
+        prod) config="$WORK/router-prod-slow-probes.json" ;;
+        jwt) args=(--jwt-jwks "$WORK/jwt/jwks.json" --jwt-issuer bench --jwt-audience router)
+             AUTH="$TOKEN" ;;
+        otlp) args=(--otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --otlp-sampling-ratio 1) ;;
+        *) echo "callgrind.sh: unknown set $set" >&2; exit 1 ;;
+    esac
+    a="$(total_instructions "$config" "$N1" "${args[@]}")"
+    b="$(total_instructions "$config" "$N2" "${args[@]}")"
     per=$(( (b - a) / (N2 - N1) ))
-    printf '%-14s %14s %14s %12s\n' "$set" "$a" "$b" "$per"
-    eval "PER_$set=$per"
+    ratio="-"
+    [[ -n "$PER_bare" ]] && ratio="$(awk -v p="$per" -v b="$PER_bare" 'BEGIN { printf "%.3f", p / b }')"
+    [[ "$set" == bare ]] && PER_bare="$per"
+    printf '%-14s %14s %14s %12s %8s\n' "$set" "$a" "$b" "$per" "$ratio"
 done
-awk -v p="$PER_prod" -v h="$PER_health" -v r="$PER_retry" -v b="$PER_bare" -v m="$PER_mirror" \
-    'BEGIN { printf "health / bare: %.3f   + retry: %.3f   + tenants (prod): %.3f   mirror 100%% / bare: %.3f\n", h / b, r / b, p / b, m / b }'

@@ -40,7 +40,7 @@ use crate::body::replay::Replayer;
 use crate::body::{BodyMeter, Finish, RequestBody, Source, UpstreamBody};
 use crate::error::ProxyError;
 use crate::headers;
-use crate::headers::TrafficClass;
+use crate::headers::{SavedHeaders, TrafficClass};
 use crate::host::InFlight;
 use crate::metrics::{self, ActiveRequest, PairHandles};
 use crate::outlier::Outcome;
@@ -650,12 +650,16 @@ enum Outgoing {
     /// Sent at most once: the request itself, handed back when a connection could not be
     /// opened (nothing was sent).
     Once(Option<Request<RequestBody>>),
-    /// The route retries: the head each attempt copies and the body each replays.
+    /// The route retries: the head each attempt sends and the body each replays.
     Replay {
         method: Method,
         uri: Uri,
         version: Version,
+        /// The headers of the next attempt: the client's own until the first attempt takes
+        /// them, then empty until a retry rebuilds them from `saved`.
         headers: HeaderMap,
+        /// The headers as the first attempt took them, for the retries.
+        saved: Option<SavedHeaders>,
         /// `None`: there is no body, so every attempt sends none.
         replayer: Option<Replayer>,
     },
@@ -696,6 +700,7 @@ impl Outgoing {
                     uri: parts.uri,
                     version: parts.version,
                     headers: parts.headers,
+                    saved: None,
                     replayer,
                 };
                 (out, done)
@@ -723,19 +728,41 @@ impl Outgoing {
                 uri,
                 version,
                 headers,
+                saved,
                 replayer,
             } => {
                 let body = match replayer {
                     Some(replayer) => RequestBody::replay(replayer.attempt()?),
                     None => RequestBody::empty(),
                 };
+                let saved = saved.get_or_insert_with(|| SavedHeaders::save(headers));
+                let headers = if headers.is_empty() {
+                    saved.restore()?
+                } else {
+                    std::mem::take(headers)
+                };
                 let mut req = Request::new(body);
                 *req.method_mut() = method.clone();
                 *req.uri_mut() = uri.clone();
                 *req.version_mut() = *version;
-                *req.headers_mut() = headers.clone();
+                *req.headers_mut() = headers;
                 Some(req)
             }
+        }
+    }
+
+    /// Before a retry picks its endpoint: the headers the first attempt took, back (the
+    /// balancer's hash policies read them). Nothing to do before the first attempt.
+    fn restore_headers(&mut self) {
+        if let Outgoing::Replay {
+            headers,
+            saved: Some(saved),
+            ..
+        } = self
+            && headers.is_empty()
+            && let Some(restored) = saved.restore()
+        {
+            *headers = restored;
         }
     }
 
@@ -868,6 +895,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
     // it is the only eligible one; the free connect retry only ever moves on.
     let mut same_allowed = false;
     loop {
+        out.restore_headers();
         let picked = cluster.pick(out.headers(), exclude).or_else(|| {
             if same_allowed {
                 cluster.pick(out.headers(), None)
@@ -973,6 +1001,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
             TryFailed::Connect => {
                 why = ProxyError::UpstreamConnect;
                 // Nothing was sent: one more endpoint is always tried.
+                out.restore_headers();
                 if std::mem::take(&mut free_connect_retry)
                     && out.can_resend()
                     && cluster.pick(out.headers(), exclude).is_some()

@@ -9,6 +9,9 @@
 //! carry over from one table to the next.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// The maps the request path looks up: std's, with foldhash instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,10 +121,12 @@ pub struct Route {
 /// The whole routing state of one generation.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: HashMap<Box<[u8]>, Arc<Route>>,
+    /// Routes by key. Keys come from clients but the table never grows from them, so a fast
+    /// hasher (seeded per process) is safe here.
+    routes: FastMap<Box<[u8]>, Arc<Route>>,
     clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
     /// Declared tenants by name (empty: none declared, nothing to look up).
-    tenants: HashMap<Box<[u8]>, Arc<Tenant>>,
+    tenants: FastMap<Box<[u8]>, Arc<Tenant>>,
     /// `x-served-by` of the router's answers that reach no cluster, when attribution is on.
     pub served_by_version: Option<HeaderValue>,
     /// The rule set this table was built from.
@@ -364,7 +369,8 @@ impl RouteTable {
                     .expect("validated: every cluster reference resolves"),
             )
         };
-        let mut routes = HashMap::with_capacity(rule_set.routes.len());
+        let mut routes =
+            FastMap::with_capacity_and_hasher(rule_set.routes.len(), Default::default());
         for (key, spec) in rule_set.routes.iter() {
             let key_arc: Arc<str> = Arc::from(key.as_str());
             let target = |c: Arc<Cluster>| RouteTarget {

@@ -29,9 +29,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::support::{
-    CLIENT_VERSIONS, addresses, assert_status, echo_client, expect_router_error, fakes, get, keyed,
-    keyed_get, post_pattern, refused_naming, route_k_rules, route_reason_labels, say, served_by,
-    wait_for_metric_exactly,
+    CLIENT_VERSIONS, addresses, assert_status, echo_client, expect_router_error, fakes, fetch, get,
+    keyed, keyed_get, post_pattern, refused_naming, route_k_rules, route_reason_labels, say,
+    served_by, wait_for_metric_exactly,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -347,6 +347,48 @@ async fn a_retriable_status_is_retried_and_the_last_answer_is_passed_on_as_is() 
         "one count per retry",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_retry_sends_the_same_headers_as_the_first_try_duplicates_and_order_included() {
+    let _trace = trace_init();
+    let fake = FakeModel::new().name("s").start().await;
+    let router = RouterProcess::start(&json!({
+        "clusters": { "one": { "endpoints": [fake.endpoint()] } },
+        "routes": { "k": { "cluster": "one", "retry": { "attempts": 2, "on": ["503"] } } },
+    }))
+    .await;
+    for (i, version) in CLIENT_VERSIONS.into_iter().enumerate() {
+        let before = fake.requests();
+        fake.fail_next(1, 503);
+        let req = keyed(Method::GET, router.proxy_addr, "/headers", "k")
+            .header("x-multi", "first")
+            .header("x-multi", "second")
+            .header("x-request-id", format!("retry-head-{i}"))
+            .header("authorization", "Bearer not-checked-here")
+            .body(client::empty())
+            .expect("a valid request");
+        let resp = fetch(&HttpClient::for_version(version), req).await;
+        assert_status(&resp, 200);
+        assert_eq!(fake.requests(), before + 2, "{version:?}: one retry");
+        let retried = fake.last_headers();
+        let values = |name: &str| -> Vec<&[u8]> {
+            retried.get_all(name).iter().map(|v| v.as_bytes()).collect()
+        };
+        assert_eq!(
+            values("x-multi"),
+            [&b"first"[..], b"second"],
+            "{version:?}: both values, in order, on the retry"
+        );
+        assert_eq!(values("authorization"), [&b"Bearer not-checked-here"[..]]);
+        assert_eq!(values("x-routing-key"), [&b"k"[..]]);
+        let ids = fake.seen_header_values("x-request-id");
+        assert_eq!(
+            ids[ids.len() - 2..],
+            [format!("retry-head-{i}"), format!("retry-head-{i}")],
+            "{version:?}: the first try and the retry carry the same request id"
+        );
+    }
 }
 
 #[tokio::test]
