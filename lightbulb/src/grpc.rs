@@ -17,7 +17,7 @@ use futures_util::Stream;
 use models_config::ValidRuleSet;
 use models_config::spec::{RuleSet, TrafficClass};
 use routing_proto::lightbulb::v1 as pb;
-use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanStart, Tracer};
+use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanName, SpanStart, Tracer};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -127,7 +127,7 @@ impl pb::resolver_server::Resolver for ResolverService {
             tracer.finish(
                 start,
                 SpanEnd {
-                    name: "lightbulb.v1.Resolver/Resolve".to_owned(),
+                    name: SpanName::Static("lightbulb.v1.Resolver/Resolve"),
                     attributes,
                     error,
                     trace_state,
@@ -155,7 +155,7 @@ impl pb::resolver_server::Resolver for ResolverService {
             tracer.finish(
                 start,
                 SpanEnd {
-                    name: "lightbulb.v1.Resolver/ResolveBatch".to_owned(),
+                    name: SpanName::Static("lightbulb.v1.Resolver/ResolveBatch"),
                     attributes,
                     error: None,
                     trace_state,

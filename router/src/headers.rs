@@ -226,9 +226,12 @@ impl SavedHeaders {
         let mut buf = Vec::with_capacity(SAVED_CAPACITY);
         for (name, value) in headers {
             let (name, value_bytes) = (name.as_str().as_bytes(), value.as_bytes());
-            buf.push(u8::from(value.is_sensitive()));
-            buf.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-            buf.extend_from_slice(&(value_bytes.len() as u32).to_ne_bytes());
+            // One copy for the fixed part: sensitive flag, name length, value length.
+            let mut prefix = [0u8; 9];
+            prefix[0] = u8::from(value.is_sensitive());
+            prefix[1..5].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+            prefix[5..].copy_from_slice(&(value_bytes.len() as u32).to_ne_bytes());
+            buf.extend_from_slice(&prefix);
             buf.extend_from_slice(name);
             buf.extend_from_slice(value_bytes);
         }

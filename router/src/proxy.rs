@@ -33,7 +33,7 @@ use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use models_config::spec::Protocol;
-use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanStart, Tracer};
+use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanName, SpanStart, Tracer};
 use tokio::sync::oneshot;
 
 use crate::body::replay::Replayer;
@@ -132,7 +132,7 @@ impl Finish for ResponseGuard {
             span.finish(SpanFacts {
                 route: Some(&line.route),
                 cluster: Some(&line.cluster),
-                endpoint: Some(endpoint.to_string()),
+                endpoint: Some(endpoint),
                 tenant: line.tenant.as_ref(),
                 class: line.class,
                 status: line.status,
@@ -157,7 +157,7 @@ struct RequestSpan {
 struct SpanFacts<'a> {
     route: Option<&'a Arc<str>>,
     cluster: Option<&'a Arc<str>>,
-    endpoint: Option<String>,
+    endpoint: Option<&'a Arc<str>>,
     tenant: Option<&'a Arc<str>>,
     class: TrafficClass,
     status: u16,
@@ -187,25 +187,27 @@ impl RequestSpan {
 
     #[cold]
     fn finish(self, facts: SpanFacts<'_>) {
-        let route = facts.route.map_or(metrics::UNKNOWN_ROUTE, |r| &**r);
-        let name = format!("{} {route}", self.method);
-        let mut attributes = vec![
-            (
-                "http.request.method",
-                AttrValue::Owned(self.method.to_string()),
-            ),
-            ("route", AttrValue::Owned(route.to_owned())),
+        let route = match facts.route {
+            Some(route) => AttrValue::Shared(Arc::clone(route)),
+            None => AttrValue::Static(metrics::UNKNOWN_ROUTE),
+        };
+        let method = method_value(&self.method);
+        let name = SpanName::Joined(method.clone(), route.clone());
+        let mut attributes = Vec::with_capacity(10);
+        attributes.extend([
+            ("http.request.method", method),
+            ("route", route),
             ("traffic_class", AttrValue::Static(facts.class.as_str())),
             (
                 "http.response.status_code",
                 AttrValue::Int(i64::from(facts.status)),
             ),
-        ];
+        ]);
         if let Some(cluster) = facts.cluster {
             attributes.push(("cluster", AttrValue::Shared(Arc::clone(cluster))));
         }
         if let Some(endpoint) = facts.endpoint {
-            attributes.push(("endpoint", AttrValue::Owned(endpoint)));
+            attributes.push(("endpoint", AttrValue::Shared(Arc::clone(endpoint))));
         }
         if let Some(tenant) = facts.tenant {
             attributes.push(("tenant", AttrValue::Shared(Arc::clone(tenant))));
@@ -243,6 +245,28 @@ impl RequestSpan {
                 trace_state,
             },
         );
+    }
+}
+
+/// A request method as a span value: the standard ones without an allocation.
+fn method_value(method: &Method) -> AttrValue {
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|m| m == method) {
+        Some(i) => AttrValue::Static(NAMES[i]),
+        None => AttrValue::Owned(method.to_string()),
     }
 }
 

@@ -1,11 +1,12 @@
 //! Span export over OTLP (gRPC): one span per request, a child of the caller's W3C trace.
 //!
 //! The request path only decides whether a request is sampled ([`Tracer::start`]), and at its
-//! end hands the finished span to a bounded queue ([`Tracer::finish`]); it never waits and
-//! never blocks. A task on a runtime of the binary's choosing drains the queue and exports
-//! what it holds in one `Export` call per batch, so batches grow under load and a span is
-//! sent as soon as the exporter is free. A queue that is full (a collector that is down or
-//! slow) drops the new span and counts it: tracing never slows requests down.
+//! end hands a compact record of the span (shared strings, no protobuf) to a bounded queue
+//! ([`Tracer::finish`]); it never waits and never blocks. A task on a runtime of the binary's
+//! choosing turns the records into OTLP spans and exports them in batches: one `Export` call
+//! per [`MAX_BATCH`] spans, or per [`LINGER`] for the spans that came in meanwhile. A queue
+//! that is full (a collector that is down or slow) drops the new span and counts it: tracing
+//! never slows requests down.
 //!
 //! Sampling is parent-based: a request whose caller marked its trace sampled (`traceparent`
 //! flags `01`) is always recorded; any other is recorded at `--otlp-sampling-ratio`, decided
@@ -35,7 +36,9 @@ pub const TRACESTATE: &str = "tracestate";
 /// Spans waiting for the exporter; past this, new spans are dropped (and counted).
 const QUEUE: usize = 8192;
 /// Most spans in one `Export` call.
-const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 512;
+/// How long the exporter waits for a batch to fill before sending what it has.
+pub const LINGER: Duration = Duration::from_millis(500);
 /// How long one `Export` call may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,7 +179,8 @@ impl SpanStart {
     }
 }
 
-/// An attribute value of a span.
+/// An attribute value of a span (or a part of its name), kept as cheap to make as the request
+/// path allows and turned into text by the exporter.
 #[derive(Debug, Clone)]
 pub enum AttrValue {
     /// A string known at compile time.
@@ -189,13 +193,41 @@ pub enum AttrValue {
     Int(i64),
 }
 
+impl AttrValue {
+    fn text(&self) -> String {
+        match self {
+            AttrValue::Static(s) => (*s).to_owned(),
+            AttrValue::Shared(s) => s.to_string(),
+            AttrValue::Owned(s) => s.clone(),
+            AttrValue::Int(i) => i.to_string(),
+        }
+    }
+}
+
 impl From<AttrValue> for any_value::Value {
     fn from(v: AttrValue) -> Self {
         match v {
-            AttrValue::Static(s) => any_value::Value::StringValue(s.to_owned()),
-            AttrValue::Shared(s) => any_value::Value::StringValue(s.to_string()),
             AttrValue::Owned(s) => any_value::Value::StringValue(s),
             AttrValue::Int(i) => any_value::Value::IntValue(i),
+            other => any_value::Value::StringValue(other.text()),
+        }
+    }
+}
+
+/// A span's name: fixed, or two parts joined by a space (e.g. `POST` and a route key).
+#[derive(Debug, Clone)]
+pub enum SpanName {
+    /// A name known at compile time, e.g. `lightbulb.v1.Resolver/Resolve`.
+    Static(&'static str),
+    /// `"<first> <second>"`.
+    Joined(AttrValue, AttrValue),
+}
+
+impl SpanName {
+    fn text(&self) -> String {
+        match self {
+            SpanName::Static(s) => (*s).to_owned(),
+            SpanName::Joined(a, b) => format!("{} {}", a.text(), b.text()),
         }
     }
 }
@@ -204,7 +236,7 @@ impl From<AttrValue> for any_value::Value {
 #[derive(Debug)]
 pub struct SpanEnd {
     /// The span name, e.g. `POST route-a` or `lightbulb.v1.Resolver/Resolve`.
-    pub name: String,
+    pub name: SpanName,
     /// Attributes, e.g. `("cluster", ...)`.
     pub attributes: Vec<(&'static str, AttrValue)>,
     /// `Some(description)` when the request failed (the span's status is then ERROR).
@@ -214,8 +246,59 @@ pub struct SpanEnd {
 }
 
 enum Message {
-    Span(Box<Span>),
+    Span(Box<Finished>),
     Flush(oneshot::Sender<()>),
+}
+
+/// A span as the request path leaves it: converted to protobuf by the exporter.
+struct Finished {
+    start: SpanStart,
+    end: SpanEnd,
+    duration_nanos: u64,
+}
+
+impl Finished {
+    fn into_span(self) -> Span {
+        let Finished {
+            start,
+            end,
+            duration_nanos,
+        } = self;
+        let status = end.error.map(|message| Status {
+            message,
+            code: status::StatusCode::Error as i32,
+        });
+        // The trace flags (sampled), and "the parent's remoteness is known" (bit 8), with
+        // "the parent is remote" (bit 9) when there is a parent: the caller.
+        let remote_parent = if start.parent_span_id.is_some() {
+            0x200
+        } else {
+            0
+        };
+        Span {
+            trace_id: start.trace_id.to_vec(),
+            span_id: start.span_id.to_vec(),
+            trace_state: end.trace_state.unwrap_or_default(),
+            parent_span_id: start.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+            flags: 1 | 0x100 | remote_parent,
+            name: end.name.text(),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: start.start_unix_nanos,
+            end_time_unix_nano: start.start_unix_nanos + duration_nanos,
+            attributes: end
+                .attributes
+                .into_iter()
+                .map(|(key, value)| KeyValue {
+                    key: key.to_owned(),
+                    value: Some(AnyValue {
+                        value: Some(value.into()),
+                    }),
+                })
+                .collect(),
+            status,
+            ..Default::default()
+        }
+    }
 }
 
 /// Decides which requests are recorded and queues their spans for export.
@@ -309,41 +392,17 @@ impl Tracer {
     /// Ends a span now and queues it for export (or drops it, counted, when the queue is
     /// full). Never waits.
     pub fn finish(&self, start: SpanStart, end: SpanEnd) {
-        let elapsed = start.start.elapsed().as_nanos() as u64;
-        let status = end.error.map(|message| Status {
-            message,
-            code: status::StatusCode::Error as i32,
-        });
-        let span = Span {
-            trace_id: start.trace_id.to_vec(),
-            span_id: start.span_id.to_vec(),
-            trace_state: end.trace_state.unwrap_or_default(),
-            parent_span_id: start.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-            flags: 1
-                | 0x100
-                | if start.parent_span_id.is_some() {
-                    0x200
-                } else {
-                    0
-                },
-            name: end.name,
-            kind: span::SpanKind::Server as i32,
-            start_time_unix_nano: start.start_unix_nanos,
-            end_time_unix_nano: start.start_unix_nanos + elapsed,
-            attributes: end
-                .attributes
-                .into_iter()
-                .map(|(key, value)| KeyValue {
-                    key: key.to_owned(),
-                    value: Some(AnyValue {
-                        value: Some(value.into()),
-                    }),
-                })
-                .collect(),
-            status,
-            ..Default::default()
+        let duration_nanos = start.start.elapsed().as_nanos() as u64;
+        let finished = Finished {
+            start,
+            end,
+            duration_nanos,
         };
-        if self.queue.try_send(Message::Span(Box::new(span))).is_err() {
+        if self
+            .queue
+            .try_send(Message::Span(Box::new(finished)))
+            .is_err()
+        {
             self.dropped.increment(1);
         }
     }
@@ -405,19 +464,42 @@ struct Exporter {
 }
 
 impl Exporter {
+    /// Collects spans until a batch is full, [`LINGER`] has passed since its first span, or
+    /// a flush is asked for; exports the batch; and again, until every sender is gone.
     async fn run(mut self) {
         let mut client = TraceServiceClient::new(self.endpoint.connect_lazy());
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut waiters = Vec::new();
-        while let Some(first) = self.rx.recv().await {
+        let mut open = true;
+        while open {
+            let Some(first) = self.rx.recv().await else {
+                break;
+            };
+            let linger = tokio::time::sleep(LINGER);
+            tokio::pin!(linger);
             let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Span(span) => batch.push(*span),
-                    Message::Flush(waiter) => waiters.push(waiter),
+            loop {
+                match next.take() {
+                    Some(Message::Span(span)) => batch.push(span.into_span()),
+                    Some(Message::Flush(waiter)) => {
+                        waiters.push(waiter);
+                        break;
+                    }
+                    None => {}
                 }
-                if batch.len() < MAX_BATCH {
-                    next = self.rx.try_recv().ok();
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    message = self.rx.recv() => match message {
+                        Some(message) => next = Some(message),
+                        None => {
+                            open = false;
+                            break;
+                        }
+                    },
+                    () = &mut linger => break,
                 }
             }
             if !batch.is_empty() {
@@ -531,7 +613,7 @@ mod tests {
         tracer.finish(
             start,
             SpanEnd {
-                name: "GET r".into(),
+                name: SpanName::Joined(AttrValue::Static("GET"), AttrValue::Shared("r".into())),
                 attributes: vec![
                     ("cluster", AttrValue::Static("c")),
                     ("n", AttrValue::Int(3)),
@@ -540,9 +622,11 @@ mod tests {
                 trace_state: Some("k=v".into()),
             },
         );
-        let Ok(Message::Span(span)) = rx.try_recv() else {
+        let Ok(Message::Span(finished)) = rx.try_recv() else {
             panic!("no span queued")
         };
+        let span = finished.into_span();
+        assert_eq!(span.name, "GET r");
         assert_eq!(span.trace_id, parent.trace_id.to_vec());
         assert_eq!(span.parent_span_id, parent.span_id.to_vec());
         assert_eq!(span.trace_state, "k=v");
@@ -576,7 +660,7 @@ mod tests {
             tracer.finish(
                 start,
                 SpanEnd {
-                    name: "x".into(),
+                    name: SpanName::Static("x"),
                     attributes: Vec::new(),
                     error: None,
                     trace_state: None,
