@@ -102,7 +102,7 @@ impl pb::resolver_server::Resolver for ResolverService {
         let engine = self.engine.load();
         let result = resolve_one(&engine, &self.cache, request);
         if let (Some((tracer, start, trace_state)), Some((objective, tenant))) = (span, asked) {
-            let mut attributes = rpc_attributes("Resolve");
+            let mut attributes = Vec::with_capacity(8);
             attributes.push(("objective", AttrValue::Owned(objective)));
             if !tenant.is_empty() {
                 attributes.push(("tenant", AttrValue::Owned(tenant)));
@@ -123,15 +123,14 @@ impl pb::resolver_server::Resolver for ResolverService {
                     (code, fault.then(|| err.to_string()))
                 }
             };
-            attributes.push(("rpc.grpc.status_code", AttrValue::Int(code as i64)));
-            tracer.finish(
+            finish_span(
+                tracer,
                 start,
-                SpanEnd {
-                    name: SpanName::Static("lightbulb.v1.Resolver/Resolve"),
-                    attributes,
-                    error,
-                    trace_state,
-                },
+                trace_state,
+                "lightbulb.v1.Resolver/Resolve",
+                attributes,
+                code,
+                error,
             );
         }
         Ok(Response::new(result?))
@@ -146,20 +145,18 @@ impl pb::resolver_server::Resolver for ResolverService {
         let size = requests.len();
         let answered = self.resolve_all(requests);
         if let Some((tracer, start, trace_state)) = span {
-            let mut attributes = rpc_attributes("ResolveBatch");
-            attributes.push(("batch_size", AttrValue::Int(size as i64)));
+            let attributes = vec![("batch_size", AttrValue::Int(size as i64))];
             let code = answered
                 .as_ref()
                 .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-            attributes.push(("rpc.grpc.status_code", AttrValue::Int(code as i64)));
-            tracer.finish(
+            finish_span(
+                tracer,
                 start,
-                SpanEnd {
-                    name: SpanName::Static("lightbulb.v1.Resolver/ResolveBatch"),
-                    attributes,
-                    error: None,
-                    trace_state,
-                },
+                trace_state,
+                "lightbulb.v1.Resolver/ResolveBatch",
+                attributes,
+                code,
+                None,
             );
         }
         let results = answered?;
@@ -199,13 +196,33 @@ impl ResolverService {
     }
 }
 
-/// The RPC attributes of a `Resolver` call's span.
-fn rpc_attributes(method: &'static str) -> Vec<(&'static str, AttrValue)> {
-    vec![
+/// Ends the span of the `Resolver` call `name` (`lightbulb.v1.Resolver/METHOD`): the RPC
+/// attributes and status code added to the call's own `attributes`.
+fn finish_span(
+    tracer: &Tracer,
+    start: SpanStart,
+    trace_state: Option<String>,
+    name: &'static str,
+    mut attributes: Vec<(&'static str, AttrValue)>,
+    code: tonic::Code,
+    error: Option<String>,
+) {
+    let method = name.rsplit_once('/').map_or(name, |(_, method)| method);
+    attributes.extend([
         ("rpc.system", AttrValue::Static("grpc")),
         ("rpc.service", AttrValue::Static("lightbulb.v1.Resolver")),
         ("rpc.method", AttrValue::Static(method)),
-    ]
+        ("rpc.grpc.status_code", AttrValue::Int(code as i64)),
+    ]);
+    tracer.finish(
+        start,
+        SpanEnd {
+            name: SpanName::Static(name),
+            attributes,
+            error,
+            trace_state,
+        },
+    );
 }
 
 /// One request: converted, answered through the cache, counted in the metrics. The HTTP

@@ -62,12 +62,6 @@ pub struct BodyMeter {
     pub tally: Option<Arc<AtomicU64>>,
 }
 
-impl BodyMeter {
-    fn count(&self, bytes: u64) {
-        self.counter.increment(bytes);
-    }
-}
-
 impl Source {
     /// Wraps the client's body; the receiver resolves when it has been read whole (or is
     /// dropped).
@@ -128,7 +122,7 @@ impl Source {
     fn finish(&mut self, complete: bool) {
         self.done = true;
         if let Some(meter) = self.meter.take() {
-            meter.count(self.read);
+            meter.counter.increment(self.read);
         }
         if let Some(tx) = self.ended.take() {
             let _ = tx.send(());
@@ -146,7 +140,7 @@ impl Source {
 impl Drop for Source {
     fn drop(&mut self) {
         if let Some(meter) = self.meter.take() {
-            meter.count(self.read);
+            meter.counter.increment(self.read);
         }
     }
 }

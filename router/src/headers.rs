@@ -167,6 +167,11 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
 }
 
+/// The code of a `grpc-status` value (`None` for anything but a number from 0 to 255).
+pub fn grpc_code(value: &HeaderValue) -> Option<u8> {
+    value.to_str().ok()?.parse().ok()
+}
+
 /// Whether a request is gRPC (its errors then become trailers-only gRPC statuses).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::CONNECTION;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -95,7 +95,7 @@ impl Finish for ResponseGuard {
         self.metrics.response_bytes(bytes);
         let trailer_status = trailers.and_then(|t| t.get(headers::GRPC_STATUS));
         if self.grpc
-            && let Some(code) = trailer_status.and_then(|v| v.to_str().ok()?.parse::<u8>().ok())
+            && let Some(code) = trailer_status.and_then(headers::grpc_code)
         {
             self.metrics.grpc(code);
         }
@@ -128,7 +128,6 @@ impl Finish for ResponseGuard {
             );
         }
         if let Some(span) = line.span.take() {
-            let grpc_code = grpc_status.and_then(|v| v.to_str().ok()?.parse::<u8>().ok());
             span.finish(SpanFacts {
                 route: Some(&line.route),
                 cluster: Some(&line.cluster),
@@ -136,7 +135,7 @@ impl Finish for ResponseGuard {
                 tenant: line.tenant.as_ref(),
                 class: line.class,
                 status: line.status,
-                grpc_status: grpc_code,
+                grpc_status: grpc_status.and_then(headers::grpc_code),
                 error_code: None,
                 bytes_out: Some(bytes),
             });
@@ -165,6 +164,24 @@ struct SpanFacts<'a> {
     /// The router's own error code, for its own answers.
     error_code: Option<&'static str>,
     bytes_out: Option<u64>,
+}
+
+impl SpanFacts<'_> {
+    /// The router's own answer `err` (to a gRPC request, when `grpc`), before anything of
+    /// the route is known.
+    fn own_answer(err: ProxyError, grpc: bool, class: TrafficClass, status: StatusCode) -> Self {
+        SpanFacts {
+            route: None,
+            cluster: None,
+            endpoint: None,
+            tenant: None,
+            class,
+            status: status.as_u16(),
+            grpc_status: grpc.then(|| err.grpc_status()),
+            error_code: Some(err.as_label()),
+            bytes_out: None,
+        }
+    }
 }
 
 impl RequestSpan {
@@ -473,17 +490,13 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     };
 
     // 5: respond.
-    let mut response_code = "";
+    let mut own_error = None;
     let response = match result {
         Ok((mut resp, in_flight, upstream)) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
             let pair = served_by.metrics.handles();
             let trailers_only = resp.headers().get(headers::GRPC_STATUS).cloned();
-            if grpc
-                && let Some(code) = trailers_only
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-            {
+            if grpc && let Some(code) = trailers_only.as_ref().and_then(headers::grpc_code) {
                 pair.grpc(code);
             }
             let span = span.take();
@@ -515,7 +528,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             resp.map(|body| Either::Left(UpstreamBody::new(body, guard)))
         }
         Err(err) => {
-            response_code = err.as_label();
+            own_error = Some(err);
             tracing::debug!(route = %route.key, cluster = %served_by.cluster.name, error = %err, code = err.as_label(), "request failed");
             let mut resp = err.into_response(Some(route.key.as_bytes()), grpc);
             close_if_body_unread(&mut resp, downstream_version, body_complete);
@@ -542,35 +555,21 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             tenant = tenant.as_ref().map_or("", |t| &*t.name),
             traffic_class = class.as_str(),
             status = response.status().as_u16(),
-            code = response_code,
+            code = own_error.map_or("", ProxyError::as_label),
             duration_us = elapsed.as_micros() as u64,
         );
     }
     // A proxied answer's span went into its body guard; this one is the router's own.
-    if let Some(span) = span {
+    if let (Some(span), Some(err)) = (span, own_error) {
+        let facts = SpanFacts::own_answer(err, grpc, class, response.status());
         span.finish(SpanFacts {
             route: Some(&route.key),
             cluster: Some(&served_by.cluster.name),
-            endpoint: None,
             tenant: tenant.as_ref().map(|t| &t.name),
-            class,
-            status: response.status().as_u16(),
-            grpc_status: grpc.then(|| err_grpc_status(&response)).flatten(),
-            error_code: Some(response_code),
-            bytes_out: None,
+            ..facts
         });
     }
     response
-}
-
-/// The gRPC status of one of the router's own trailers-only answers.
-fn err_grpc_status<B>(resp: &Response<B>) -> Option<u8> {
-    resp.headers()
-        .get(headers::GRPC_STATUS)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// The tenant checks of the admission phase: the route allows the request's tenant, and
@@ -633,17 +632,7 @@ fn unrouted(
         );
     }
     if let Some(span) = span {
-        span.finish(SpanFacts {
-            route: None,
-            cluster: None,
-            endpoint: None,
-            tenant: None,
-            class,
-            status: resp.status().as_u16(),
-            grpc_status: grpc.then(|| err_grpc_status(&resp)).flatten(),
-            error_code: Some(err.as_label()),
-            bytes_out: None,
-        });
+        span.finish(SpanFacts::own_answer(err, grpc, class, resp.status()));
     }
     resp.map(Either::Right)
 }

@@ -12,7 +12,7 @@ use http::Response;
 use hyper::body::Incoming;
 use models_config::spec::{RetryCondition, RetrySpec};
 
-use crate::headers::GRPC_STATUS;
+use crate::headers::{GRPC_STATUS, grpc_code};
 use crate::host::ClusterState;
 use crate::rng;
 
@@ -91,8 +91,7 @@ impl RetryPolicy {
             return true;
         }
         if self.grpc != 0
-            && let Some(code) = resp.headers().get(GRPC_STATUS)
-            && let Ok(code) = code.to_str().unwrap_or_default().parse::<u32>()
+            && let Some(code) = resp.headers().get(GRPC_STATUS).and_then(grpc_code)
             && code < 32
         {
             return self.grpc & (1 << code) != 0;
