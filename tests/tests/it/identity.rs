@@ -24,8 +24,8 @@ use integration_tests::{
 use serde_json::{Value, json};
 
 use crate::support::{
-    CLIENT_VERSIONS, assert_trailers_only, echo_client, expect_router_error, fetch, get_request,
-    grpc_call, keyed_call, route_k_rules, say, seen,
+    CLIENT_VERSIONS, TENANT, assert_trailers_only, echo_client, expect_router_error, fetch,
+    get_request, grpc_call, keyed_call, route_k_rules, say, seen,
 };
 
 /// The issuer every token must name (`--jwt-issuer`).
@@ -36,9 +36,6 @@ const AUDIENCE: &str = "inference-router";
 
 /// The request header carrying the token.
 const AUTHORIZATION: &str = "authorization";
-
-/// The header naming a request's tenant (without `--tenant-header`).
-const TENANT: &str = "x-tenant-id";
 
 /// The header the tests map the `sub` claim to.
 const USER: &str = "x-forwarded-user";

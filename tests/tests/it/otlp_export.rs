@@ -27,17 +27,15 @@ use routing_proto::lightbulb::v1 as pb;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+use crate::config_store::{self, OBJECTIVE};
 use crate::support::{
-    CLIENT_VERSIONS, assert_status, echo_client, expect_router_error, fetch, get_request,
+    CLIENT_VERSIONS, TENANT, assert_status, echo_client, expect_router_error, fetch, get_request,
     keyed_call, seen, simple_rules, wait_for_metric_exactly,
 };
 
 /// The W3C trace-context headers (and gRPC metadata keys).
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
-
-/// The header naming a request's tenant (without `--tenant-header`).
-const TENANT: &str = "x-tenant-id";
 
 /// Spans the router exported, by `result` (`ok`, `error`).
 const ROUTER_EXPORTED: &str = "router_otlp_spans_exported_total";
@@ -53,9 +51,6 @@ const OK: [(&str, &str); 1] = [("result", "ok")];
 
 /// A `tracestate` a caller sends; the router passes it on untouched.
 const CALLER_STATE: &str = "vendor1=opaque-value,vendor2=k:v";
-
-/// The objective of the Lightbulb rule set.
-const OBJECTIVE: &str = "ContinueWatchingRanking";
 
 /// A trace id (32 hex digits) distinct for each `n`.
 fn trace_id(n: u8) -> String {
@@ -414,17 +409,7 @@ async fn the_routers_own_answers_get_a_span_named_unknown_with_their_error_code(
     let client = HttpClient::http1();
 
     let unknown = caller_traceparent(1, "01");
-    let resp = fetch(
-        &client,
-        get_request(
-            router.proxy_addr,
-            "/",
-            Some("no-such-route"),
-            &[(TRACEPARENT, &unknown)],
-        ),
-    )
-    .await;
-    expect_router_error(&resp, 404, "unknown_routing_key");
+    expect_unknown_key(&client, &router, &[(TRACEPARENT, &unknown)]).await;
     let missing = caller_traceparent(2, "01");
     let req = client::request(Method::POST, router.proxy_addr, "/")
         .header(TRACEPARENT, &missing)
@@ -653,17 +638,7 @@ async fn with_sampling_ratio_zero_only_callers_sampled_traces_are_recorded_and_o
 
         // The router's own answer, unsampled.
         let unsampled_unknown = caller_traceparent(2, "00");
-        let resp = fetch(
-            &client,
-            get_request(
-                router.proxy_addr,
-                "/",
-                Some("no-such-route"),
-                &[(TRACEPARENT, &unsampled_unknown)],
-            ),
-        )
-        .await;
-        expect_router_error(&resp, 404, "unknown_routing_key");
+        expect_unknown_key(&client, &router, &[(TRACEPARENT, &unsampled_unknown)]).await;
 
         // Sampled by the caller: recorded whatever the ratio.
         let sampled = caller_traceparent(3, "01");
@@ -722,12 +697,7 @@ async fn a_collector_that_is_down_never_fails_requests_and_failed_exports_are_co
         .await;
         assert_status(&resp, 200);
     }
-    let resp = fetch(
-        &client,
-        get_request(router.proxy_addr, "/", Some("no-such-route"), &[]),
-    )
-    .await;
-    expect_router_error(&resp, 404, "unknown_routing_key");
+    expect_unknown_key(&client, &router, &[]).await;
 
     router
         .wait_for_metric(ROUTER_EXPORTED, &[("result", "error")], |v| v > 0.0)
@@ -826,32 +796,18 @@ async fn lightbulb_refuses_to_start_with_a_bad_otlp_endpoint_or_sampling_ratio()
 
 // === Lightbulb ===
 
-/// A rule set of `version` whose objective answers `ranker-v2` for country CA and
-/// `ranker-v1` otherwise (the clusters are never contacted).
+/// The config-store tests' seed rule set (country CA → `ranker-v2`, else `ranker-v1`; the
+/// clusters are never contacted) at `version`.
 fn lightbulb_rules(version: u64) -> Value {
-    json!({
-        "version": version,
-        "clusters": {
-            "ranker-v1": { "endpoints": ["127.0.0.1:9001"] },
-            "ranker-v2": { "endpoints": ["127.0.0.1:9002"] }
-        },
-        "routes": {
-            "ranker-v1": { "cluster": "ranker-v1" },
-            "ranker-v2": { "cluster": "ranker-v2" }
-        },
-        "models": {
-            "ranker-v1": { "routing_key": "ranker-v1", "version": "1" },
-            "ranker-v2": { "routing_key": "ranker-v2", "version": "2" }
-        },
-        "objectives": {
-            OBJECTIVE: {
-                "rules": [
-                    { "when": { "attributes": { "country": ["CA"] } }, "model": "ranker-v2" }
-                ],
-                "default": "ranker-v1"
-            }
-        }
-    })
+    let mut rules = config_store::rules("ranker-v1");
+    rules["version"] = json!(version);
+    rules
+}
+
+/// `GET /` with a key no route has, and `headers`: the router's own 404.
+async fn expect_unknown_key(client: &HttpClient, router: &RouterProcess, headers: &[(&str, &str)]) {
+    let req = get_request(router.proxy_addr, "/", Some("no-such-route"), headers);
+    expect_router_error(&fetch(client, req).await, 404, "unknown_routing_key");
 }
 
 /// A `Resolve` request for `objective`, as `tenant`, from country `country`.

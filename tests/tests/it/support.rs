@@ -19,6 +19,9 @@ use integration_tests::{
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
+/// The header naming a request's tenant (without `--tenant-header`).
+pub const TENANT: &str = "x-tenant-id";
+
 /// Both client versions the router must accept.
 pub const CLIENT_VERSIONS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
 

@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::support::{
-    CLIENT_VERSIONS, assert_status, echo_client, expect_end, expect_router_error, fetch, keyed,
-    keyed_call, keyed_get, post_pattern, read_exactly, say, seen, simple_rules,
+    CLIENT_VERSIONS, TENANT, assert_status, echo_client, expect_end, expect_router_error, fetch,
+    keyed, keyed_call, keyed_get, post_pattern, read_exactly, say, seen, simple_rules,
     wait_for_metric_exactly,
 };
 
@@ -55,9 +55,6 @@ const ACCESS_LOG_ARGS: [&str; 3] = ["--access-log", "--log-format", "json"];
 
 /// The request-id header the router forwards (and sets when the client sent none).
 const REQUEST_ID: &str = "x-request-id";
-
-/// The header naming a request's tenant (without `--tenant-header`).
-const TENANT: &str = "x-tenant-id";
 
 /// A refill rate so slow that no token comes back during a test.
 const NO_REFILL: f64 = 0.001;

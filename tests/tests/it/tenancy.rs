@@ -25,13 +25,10 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::support::{
-    CLIENT_VERSIONS, assert_trailers_only, echo_client, expect_end, expect_router_error, fetch,
-    get_request, grpc_call, keyed_call, read_exactly, refused_naming, route_k_rules,
+    CLIENT_VERSIONS, TENANT, assert_trailers_only, echo_client, expect_end, expect_router_error,
+    fetch, get_request, grpc_call, keyed_call, read_exactly, refused_naming, route_k_rules,
     wait_for_cluster, wait_for_metric_exactly, with_fields,
 };
-
-/// The header naming a request's tenant (without `--tenant-header`).
-const TENANT: &str = "x-tenant-id";
 
 /// The header naming a request's traffic class.
 const TRAFFIC_CLASS: &str = "x-traffic-class";
