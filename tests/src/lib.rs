@@ -11,6 +11,9 @@
 //! - [`fake_grpc`]: a tonic upstream for `echo.v1.Echo` (unary, server streaming, errors,
 //!   armed `UNAVAILABLE` answers) and `grpc.health.v1.Health` (a serving status the test
 //!   flips).
+//! - [`demo_model`]: the `demo-model` server (Open Inference Protocol REST and gRPC,
+//!   OpenAI-compatible completions) that stock clients talk to, in `scripts/dev.sh` and the
+//!   Python end-to-end tests; the integration tests run its binary.
 //! - [`black_hole`]: a TCP server that accepts connections and never reads nor writes.
 //! - [`otlp`]: an OTLP/gRPC trace receiver standing in for a collector: it keeps every
 //!   exported span with its resource attributes and lets a test wait for the spans it
@@ -33,6 +36,7 @@
 
 pub mod black_hole;
 pub mod client;
+pub mod demo_model;
 pub mod etcd;
 pub mod fake_grpc;
 pub mod fake_model;

@@ -1,85 +1,67 @@
-//! A small demo model server for trying the platform locally (`scripts/dev.sh`).
+//! A demo model server for trying the platform locally (`scripts/dev.sh`) and for the
+//! end-to-end tests with stock clients (tritonclient, the openai SDK).
 //!
-//! It speaks HTTP/1.1 and h2c on one port and answers every request with a JSON document
-//! naming itself, the path and how many body bytes it received (read streaming), so a
-//! request sent through the router shows which cluster served it.
+//! One port speaks HTTP/1.1 and h2c: the Open Inference Protocol (KServe V2) over REST (with
+//! the binary tensor extension) and gRPC, gRPC health, and the OpenAI-compatible completions
+//! API (streamed as server-sent events on request). Every model answers `OUTPUT0 = INPUT0 × 2`;
+//! every answer names the instance (header `x-model-instance`) and the bodies name the model
+//! and its version, so a request sent through the router shows where it went. See
+//! `integration_tests::demo_model`.
 //!
-//! `demo-model --listen 127.0.0.1:9001 --name ranker-v1`
+//! ```text
+//! demo-model --listen 127.0.0.1:9003 --instance ranker-v2-a --model ranker:2
+//! ```
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use integration_tests::demo_model::{Catalog, DemoModel, ModelSpec};
 
-/// Demo model server: answers every request with its name and what it received.
+/// Demo model server: V2 REST and gRPC inference, gRPC health and OpenAI-compatible
+/// completions on one port (HTTP/1.1 and h2c).
 #[derive(Debug, Parser)]
+#[command(version)]
 struct Args {
-    /// Address to listen on (HTTP/1.1 and h2c).
+    /// Address to listen on (HTTP/1.1 and h2c); port 0 picks a free one, printed at start.
     #[arg(long, default_value = "127.0.0.1:9001")]
     listen: SocketAddr,
-    /// Name reported in every answer (use the model or cluster name).
-    #[arg(long, default_value = "demo-model")]
-    name: String,
-}
-
-async fn answer(
-    name: Arc<str>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let routing_key = req
-        .headers()
-        .get("x-routing-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut body = req.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => received += frame.data_ref().map_or(0, |d| d.len() as u64),
-            Err(_) => break,
-        }
-    }
-    let doc = serde_json::json!({
-        "model": &*name,
-        "path": path,
-        "routing_key": routing_key,
-        "bytes_received": received,
-        "outputs": [{ "name": "score", "datatype": "FP32", "shape": [1], "data": [0.87] }],
-    });
-    let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
-    resp.headers_mut().insert(
-        "content-type",
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    /// Instance name every answer carries (header `x-model-instance`, response bodies).
+    #[arg(
+        long,
+        alias = "name",
+        value_name = "NAME",
+        default_value = "demo-model"
+    )]
+    instance: String,
+    /// A model to serve, as NAME[:VERSION] (version 1 when omitted); repeat for more.
+    #[arg(
+        long = "model",
+        value_name = "NAME[:VERSION]",
+        default_value = "demo:1"
+    )]
+    models: Vec<ModelSpec>,
+    /// Delay between the server-sent events of a streamed completion, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    token_delay_ms: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let catalog = Catalog {
+        instance: args.instance,
+        models: args.models,
+    };
+    let models: Vec<String> = catalog.models.iter().map(ToString::to_string).collect();
+    let server = DemoModel::new(catalog, Duration::from_millis(args.token_delay_ms)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let name: Arc<str> = Arc::from(args.name.as_str());
+    // The address comes last: scripts and tests read it from there.
     println!(
-        "demo-model {} listening on {}",
-        name,
+        "demo-model instance={} models={} listening on {}",
+        server.catalog().instance,
+        models.join(","),
         listener.local_addr()?
     );
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let name = Arc::clone(&name);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(Arc::clone(&name), req));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    server.serve(listener).await
 }
