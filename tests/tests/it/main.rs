@@ -4,12 +4,14 @@
 //! (DESIGN.md §6, §10, §11 and §12). Every test starts its own router process and fakes on
 //! `127.0.0.1:0`, so tests run in parallel; dropping them stops them.
 //!
-//! Build the router first: `cargo build -p router && cargo nextest run -p integration-tests`.
+//! Build the binaries first: `cargo build --workspace --bins && cargo nextest run -p
+//! integration-tests`.
 
 mod balance;
 mod config_api;
 mod config_store;
 mod control_plane;
+mod demo_model;
 mod errors;
 mod etcd_store;
 mod grpc;
