@@ -391,7 +391,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                     None
                 };
                 let tenant = given.and_then(|t| table.tenant(t)).cloned();
-                let admitted = admit_tenant(route, tenant.as_deref(), given);
+                let admitted = admit_tenant(route, tenant.as_deref(), given, start);
                 (Arc::clone(route), tenant, admitted)
             }
             None => {
@@ -473,6 +473,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 out,
                 Arrival {
                     version: downstream_version,
+                    grpc,
                     start,
                 },
                 deadline,
@@ -495,8 +496,11 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         Ok((mut resp, in_flight, upstream)) => {
             headers::strip_hop_by_hop(resp.headers_mut(), false);
             let pair = served_by.metrics.handles();
-            let trailers_only = resp.headers().get(headers::GRPC_STATUS).cloned();
-            if grpc && let Some(code) = trailers_only.as_ref().and_then(headers::grpc_code) {
+            // Only a gRPC request's answer has a meaningful `grpc-status`.
+            let trailers_only = grpc
+                .then(|| resp.headers().get(headers::GRPC_STATUS).cloned())
+                .flatten();
+            if let Some(code) = trailers_only.as_ref().and_then(headers::grpc_code) {
                 pair.grpc(code);
             }
             let span = span.take();
@@ -579,6 +583,7 @@ fn admit_tenant(
     route: &Route,
     tenant: Option<&Tenant>,
     given: Option<&[u8]>,
+    arrived: Instant,
 ) -> Result<Option<TenantPermit>, ProxyError> {
     // `allows` is true at once for a route without `tenants`.
     if !route.allows(given) {
@@ -592,7 +597,7 @@ fn admit_tenant(
     }
     match tenant {
         None => Ok(None),
-        Some(tenant) => tenant.admit().map_err(|refusal| match refusal {
+        Some(tenant) => tenant.admit(arrived).map_err(|refusal| match refusal {
             Refusal::RateLimited(seconds) => ProxyError::RateLimited(seconds),
             Refusal::Overloaded => ProxyError::TenantOverloaded,
         }),
@@ -647,10 +652,12 @@ fn close_if_body_unread<B>(resp: &mut Response<B>, version: Version, body_comple
 }
 
 /// What the forwarding phases need to know of the downstream request: its HTTP version (for
-/// `auto` clusters) and when it arrived (for the overhead histogram).
+/// `auto` clusters), whether it is gRPC (only a gRPC answer's `grpc-status` is read) and when
+/// it arrived (for the overhead histogram).
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
     version: Version,
+    grpc: bool,
     start: Instant,
 }
 
@@ -665,17 +672,25 @@ enum Outgoing {
     Once(Option<Request<RequestBody>>),
     /// The route retries: the head each attempt sends and the body each replays.
     Replay {
-        method: Method,
-        uri: Uri,
-        version: Version,
-        /// The headers of the next attempt: the client's own until the first attempt takes
-        /// them, then empty until a retry rebuilds them from `saved`.
-        headers: HeaderMap,
-        /// The headers as the first attempt took them, for the retries.
-        saved: Option<SavedHeaders>,
+        /// The client's head, until the first attempt takes it whole.
+        first: Option<http::request::Parts>,
+        /// The head as the first attempt took it, for the retries.
+        saved: Option<SavedHead>,
+        /// The headers of the next retry, rebuilt from `saved` before it picks its endpoint
+        /// (empty until then).
+        retry_headers: HeaderMap,
         /// `None`: there is no body, so every attempt sends none.
         replayer: Option<Replayer>,
     },
+}
+
+/// What a retry sends again of the request's head.
+#[derive(Debug)]
+struct SavedHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: SavedHeaders,
 }
 
 impl Outgoing {
@@ -709,11 +724,9 @@ impl Outgoing {
                     (Some(Replayer::new(source, policy.replay_cap)), Some(done))
                 };
                 let out = Outgoing::Replay {
-                    method: parts.method,
-                    uri: parts.uri,
-                    version: parts.version,
-                    headers: parts.headers,
+                    first: Some(parts),
                     saved: None,
+                    retry_headers: HeaderMap::new(),
                     replayer,
                 };
                 (out, done)
@@ -727,7 +740,11 @@ impl Outgoing {
         match self {
             Outgoing::Once(Some(req)) => req.headers(),
             Outgoing::Once(None) => EMPTY.get_or_init(HeaderMap::new),
-            Outgoing::Replay { headers, .. } => headers,
+            Outgoing::Replay {
+                first: Some(parts),
+                ..
+            } => &parts.headers,
+            Outgoing::Replay { retry_headers, .. } => retry_headers,
         }
     }
 
@@ -737,27 +754,35 @@ impl Outgoing {
         match self {
             Outgoing::Once(req) => req.take(),
             Outgoing::Replay {
-                method,
-                uri,
-                version,
-                headers,
+                first,
                 saved,
+                retry_headers,
                 replayer,
             } => {
                 let body = match replayer {
                     Some(replayer) => RequestBody::replay(replayer.attempt()?),
                     None => RequestBody::empty(),
                 };
-                let saved = saved.get_or_insert_with(|| SavedHeaders::save(headers));
-                let headers = if headers.is_empty() {
-                    saved.restore()?
+                // The first attempt sends the client's head itself, keeping a copy.
+                if let Some(parts) = first.take() {
+                    *saved = Some(SavedHead {
+                        method: parts.method.clone(),
+                        uri: parts.uri.clone(),
+                        version: parts.version,
+                        headers: SavedHeaders::save(&parts.headers),
+                    });
+                    return Some(Request::from_parts(parts, body));
+                }
+                let head = saved.as_ref()?;
+                let headers = if retry_headers.is_empty() {
+                    head.headers.restore()?
                 } else {
-                    std::mem::take(headers)
+                    std::mem::take(retry_headers)
                 };
                 let mut req = Request::new(body);
-                *req.method_mut() = method.clone();
-                *req.uri_mut() = uri.clone();
-                *req.version_mut() = *version;
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.version_mut() = head.version;
                 *req.headers_mut() = headers;
                 Some(req)
             }
@@ -768,14 +793,14 @@ impl Outgoing {
     /// balancer's hash policies read them). Nothing to do before the first attempt.
     fn restore_headers(&mut self) {
         if let Outgoing::Replay {
-            headers,
+            retry_headers,
             saved: Some(saved),
             ..
         } = self
-            && headers.is_empty()
-            && let Some(restored) = saved.restore()
+            && retry_headers.is_empty()
+            && let Some(restored) = saved.headers.restore()
         {
-            *headers = restored;
+            *retry_headers = restored;
         }
     }
 
@@ -964,7 +989,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                 let upstream = sent_at.elapsed();
                 target.metrics.handles().upstream(upstream);
                 if cluster.outlier.is_some() {
-                    observe(target, i, outcome_of(&resp));
+                    observe(target, i, outcome_of(&resp, arrival.grpc));
                 }
                 let retriable =
                     policy.is_some_and(|p| tries < p.attempts && p.retries_response(&resp));
@@ -1121,10 +1146,14 @@ fn observe(target: &RouteTarget, endpoint: usize, outcome: Outcome) {
     }
 }
 
-/// A 5xx, or a gRPC trailers-only `UNAVAILABLE` (14) or `INTERNAL` (13), is a server error.
-fn outcome_of(resp: &Response<Incoming>) -> Outcome {
+/// A 5xx, or a gRPC trailers-only `UNAVAILABLE` (14) or `INTERNAL` (13) answering a gRPC
+/// request, is a server error.
+fn outcome_of(resp: &Response<Incoming>, grpc: bool) -> Outcome {
     if resp.status().is_server_error() {
         return Outcome::ServerError;
+    }
+    if !grpc {
+        return Outcome::Success;
     }
     match resp.headers().get(headers::GRPC_STATUS) {
         Some(code) if code == "14" || code == "13" => Outcome::ServerError,

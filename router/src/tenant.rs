@@ -64,6 +64,8 @@ impl Tenant {
             let burst = u64::from(spec.burst().unwrap_or(1));
             (interval, interval.saturating_mul(burst))
         });
+        // The clock's origin comes before any request this tenant admits.
+        origin();
         Tenant {
             name: Arc::from(name),
             index,
@@ -82,9 +84,9 @@ impl Tenant {
         self.max_concurrent.is_some() || self.rate.is_some()
     }
 
-    /// Counts one request of this tenant and admits it, or says why not. The permit (when
-    /// `max_concurrent` is set) counts the request until it is dropped.
-    pub fn admit(&self) -> Result<Option<TenantPermit>, Refusal> {
+    /// Counts one request of this tenant, arrived at `now`, and admits it, or says why not.
+    /// The permit (when `max_concurrent` is set) counts the request until it is dropped.
+    pub fn admit(&self, now: Instant) -> Result<Option<TenantPermit>, Refusal> {
         self.requests.increment(1);
         let permit = match self.max_concurrent {
             None => None,
@@ -98,7 +100,7 @@ impl Tenant {
             }
         };
         if let Some((interval, tolerance)) = self.rate
-            && let Err(wait_ns) = take_token(&self.state.tat_ns, interval, tolerance, clock())
+            && let Err(wait_ns) = take_token(&self.state.tat_ns, interval, tolerance, nanos_at(now))
         {
             self.refused_rate.increment(1);
             let seconds = wait_ns
@@ -137,10 +139,17 @@ fn take_token(tat: &AtomicU64, interval: u64, tolerance: u64, now: u64) -> Resul
     }
 }
 
-/// Nanoseconds since the first call (a monotonic clock shared by every worker).
-fn clock() -> u64 {
+/// The origin of the buckets' clock, shared by every worker: set when the first tenant is
+/// built, so before any request is admitted.
+fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from the clock's origin to `now` (the request's arrival, read once for the
+/// whole request: the bucket needs no clock of its own).
+fn nanos_at(now: Instant) -> u64 {
+    now.saturating_duration_since(origin()).as_nanos() as u64
 }
 
 #[cfg(test)]
@@ -171,13 +180,13 @@ mod tests {
         )
         .unwrap();
         let tenant = Tenant::new("t", 0, &spec, Arc::default());
-        let first = tenant.admit().unwrap();
-        assert_eq!(tenant.admit().unwrap_err(), Refusal::Overloaded);
+        let first = tenant.admit(Instant::now()).unwrap();
+        assert_eq!(tenant.admit(Instant::now()).unwrap_err(), Refusal::Overloaded);
         drop(first);
         assert_eq!(tenant.in_flight(), 0);
-        let second = tenant.admit().unwrap();
+        let second = tenant.admit(Instant::now()).unwrap();
         drop(second);
-        match tenant.admit().unwrap_err() {
+        match tenant.admit(Instant::now()).unwrap_err() {
             Refusal::RateLimited(seconds) => assert!(seconds >= 999, "{seconds}"),
             other => panic!("{other:?}"),
         }
