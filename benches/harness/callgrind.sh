@@ -17,7 +17,8 @@
 # Usage: benches/harness/callgrind.sh [h1|h2] [N1] [N2]    (needs benches/harness/install.sh,
 #        valgrind, target/release/router and target/debug/bench-fixture:
 #        cargo build --release -p router && cargo build -p integration-tests --bin bench-fixture)
-#        SETS="bare prod" benches/harness/callgrind.sh h1   runs only those sets.
+#        SETS="bare prod" benches/harness/callgrind.sh h1   runs only those sets;
+#        KEEP=DIR keeps each run's callgrind output as DIR/SET-N.out (for callgrind_annotate).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -114,6 +115,7 @@ total_instructions() {
         echo "callgrind.sh: not every request succeeded:" >&2; cat "$WORK/h2load.log" >&2; }
     kill -INT "$pid"
     wait "$pid" || true
+    [[ -n "${KEEP:-}" ]] && cp "$out" "$KEEP/$CURRENT_SET-$n.out"
     grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'
 }
 
@@ -134,6 +136,7 @@ for set in $SETS; do
         otlp) args=(--otlp-endpoint "http://127.0.0.1:$OTLP_PORT" --otlp-sampling-ratio 1) ;;
         *) echo "callgrind.sh: unknown set $set" >&2; exit 1 ;;
     esac
+    CURRENT_SET="$set"
     a="$(total_instructions "$config" "$N1" "${args[@]}")"
     b="$(total_instructions "$config" "$N2" "${args[@]}")"
     per=$(( (b - a) / (N2 - N1) ))

@@ -428,10 +428,16 @@ measure() {
     esac
 }
 
+# Even rounds run the targets in the reverse order: a target measured right after another
+# reads a few percent higher on this kind of machine, and alternating cancels that out.
+read -r -a ORDER <<<"${TARGETS//,/ }"
+REVERSED=()
+for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do REVERSED+=("${ORDER[i]}"); done
 for r in $(seq 1 "$ROUNDS"); do
+    if ((r % 2)); then round_targets=("${ORDER[@]}"); else round_targets=("${REVERSED[@]}"); fi
     for scen in h1 keys h2 latency upload; do
         has "$scen" "$SCENARIOS" || continue
-        for t in ${TARGETS//,/ }; do
+        for t in "${round_targets[@]}"; do
             [[ "$scen" == keys && "$t" == direct ]] && continue
             log "round $r/$ROUNDS  $scen  $t"
             for name in "${!PID[@]}"; do
