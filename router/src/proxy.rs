@@ -741,8 +741,7 @@ impl Outgoing {
             Outgoing::Once(Some(req)) => req.headers(),
             Outgoing::Once(None) => EMPTY.get_or_init(HeaderMap::new),
             Outgoing::Replay {
-                first: Some(parts),
-                ..
+                first: Some(parts), ..
             } => &parts.headers,
             Outgoing::Replay { retry_headers, .. } => retry_headers,
         }
