@@ -12,6 +12,8 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 # openssl: the identity tests generate their signing keys at run time (none is committed).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# python3: the end-to-end tests with third-party clients (tests/python) run in a venv.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -31,12 +33,47 @@ echo "== doc tests"
 cargo test --workspace --doc --locked
 echo "== tests"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pylog=$(mktemp)
+trap 'rm -f "$log" "$pylog"' EXIT
 status=0
 cargo nextest run --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
-# One plain closing line: "N passed, N failed" (from nextest's summary).
 summary=$(grep -E '^ +Summary ' "$log" | tail -n 1)
 passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
-echo "${passed:-0} passed, ${failed:-0} failed"
+
+echo "== python end-to-end tests (tests/python: tritonclient, openai)"
+# The venv lives in .venv; its packages are reinstalled only when the requirements change
+# (their hash is kept in .venv/.requirements.sha256).
+requirements=tests/python/requirements.txt
+stamp=.venv/.requirements.sha256
+py_status=0
+if [[ ! -x .venv/bin/python ]] && ! python3 -m venv .venv; then
+  # Debian's python3 makes venvs only with python3-venv.
+  echo "installing python3-venv"
+  rm -rf .venv
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv &&
+    python3 -m venv .venv; } || py_status=1
+fi
+want=$(sha256sum "$requirements" | cut -d' ' -f1)
+if ((py_status == 0)) && [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  echo "installing $requirements into .venv"
+  if .venv/bin/python -m pip install -q --disable-pip-version-check -r "$requirements"; then
+    echo "$want" >"$stamp"
+  else
+    py_status=1
+  fi
+fi
+if ((py_status == 0)); then
+  PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/python 2>&1 |
+    tee "$pylog" || py_status=$?
+fi
+# pytest's closing line, e.g. "2 failed, 38 passed, 1 error in 9.10s": errors count as failed.
+py_summary=$(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed).* in [0-9.]+s' "$pylog" | tail -n 1 || true)
+count() { grep -oE "[0-9]+ $1" <<<"$py_summary" | grep -oE '^[0-9]+' || echo 0; }
+py_passed=$(count passed)
+py_failed=$(($(count failed) + $(count 'errors?')))
+if ((status == 0 && py_status != 0)); then status=$py_status; fi
+
+# One plain closing line: "N passed, N failed" (nextest's and pytest's counts together).
+echo "$((${passed:-0} + py_passed)) passed, $((${failed:-0} + py_failed)) failed"
 exit "$status"
