@@ -87,7 +87,9 @@ class Process:
             if self.popen.poll() is not None:
                 raise AssertionError(f"{self.name} exited ({self.popen.returncode})\n{self.output()}")
             text = self.stdout.read_text(errors="replace")
-            found.extend(l for l in text.splitlines(keepends=True) if l.startswith(starts_with) and l.endswith("\n"))
+            found.extend(
+                line for line in text.splitlines(keepends=True) if line.startswith(starts_with) and line.endswith("\n")
+            )
             return bool(found)
 
         try:
