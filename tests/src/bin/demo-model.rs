@@ -34,7 +34,7 @@ struct Args {
         default_value = "demo-model"
     )]
     instance: String,
-    /// A model to serve, as NAME[:VERSION] (version 1 when omitted); repeat for more.
+    /// A model to serve, as NAME:VERSION, or NAME for version 1; repeat for more.
     #[arg(
         long = "model",
         value_name = "NAME[:VERSION]",
