@@ -60,6 +60,9 @@ pub enum ProxyError {
     /// `x-traffic-class` holds an unknown value.
     #[error("x-traffic-class must be live, synthetic, shadow or replay")]
     InvalidTrafficClass,
+    /// A CONNECT request, or an HTTP/1.1 upgrade to a cluster that speaks only h2c.
+    #[error("CONNECT is not supported, and an upgrade needs an http1 or auto cluster")]
+    UpgradeNotSupported,
 }
 
 impl ProxyError {
@@ -79,6 +82,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::UpgradeNotSupported => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -96,6 +100,7 @@ impl ProxyError {
             ProxyError::TenantNotAllowed => "tenant_not_allowed",
             ProxyError::Unauthenticated => "unauthenticated",
             ProxyError::InvalidTrafficClass => "invalid_traffic_class",
+            ProxyError::UpgradeNotSupported => "upgrade_not_supported",
         }
     }
 
@@ -109,6 +114,7 @@ impl ProxyError {
             ProxyError::TenantOverloaded => 14, // UNAVAILABLE
             ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
             ProxyError::UpstreamTimeout => 4,  // DEADLINE_EXCEEDED
+            ProxyError::UpgradeNotSupported => 12, // UNIMPLEMENTED
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamProtocol
             | ProxyError::NoHealthyUpstream
@@ -123,7 +129,8 @@ impl ProxyError {
             | ProxyError::UnknownRoutingKey
             | ProxyError::InvalidTrafficClass
             | ProxyError::TenantNotAllowed
-            | ProxyError::Unauthenticated => Fault::Downstream,
+            | ProxyError::Unauthenticated
+            | ProxyError::UpgradeNotSupported => Fault::Downstream,
             ProxyError::Overloaded | ProxyError::TenantOverloaded | ProxyError::RateLimited(_) => {
                 Fault::Internal
             }

@@ -30,6 +30,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 const CONNECTION_INDEX: usize = 0;
 const TE_INDEX: usize = 5;
+const UPGRADE_INDEX: usize = 7;
 
 /// Headers that describe one hop and must never be forwarded (RFC 9110 §7.6.1), beside the
 /// ones a `Connection` header names. `CONNECTION_INDEX` and `TE_INDEX` point into it.
@@ -50,11 +51,13 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     HOP_BY_HOP.iter().position(|h| h == name)
 }
 
-/// Removes hop-by-hop headers, including every header named in `Connection`.
+/// Removes hop-by-hop headers, including every header named in `Connection`, and returns
+/// the `Upgrade` header's value when the message asks for an upgrade (`Connection` lists
+/// `upgrade` and an `Upgrade` header is present): the caller decides whether to pass it on.
 ///
 /// `te: trailers` is kept on requests when `keep_te_trailers` is set: gRPC requires it end to
 /// end, and it only announces that the client accepts trailers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) -> Option<HeaderValue> {
     // One pass over the few headers a message carries, no hashing; then only the names seen
     // are removed. Most requests have none (h2 forbids them outright); HTTP/1.1 responses
     // usually carry just `connection: keep-alive`.
@@ -65,7 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
         }
     }
     if present == 0 {
-        return;
+        return None;
     }
     let te_trailers = keep_te_trailers
         && present & (1 << TE_INDEX) != 0
@@ -73,6 +76,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             .get_all(header::TE)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let mut upgrade = None;
     if present & (1 << CONNECTION_INDEX) != 0 {
         // Names listed in Connection are hop-by-hop too. The usual tokens (`keep-alive`,
         // `close`, `upgrade`, `te`) need no work: they are removed below or name no header.
@@ -84,6 +88,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
                     || token.eq_ignore_ascii_case("close")
                     || token.eq_ignore_ascii_case("keep-alive")
                 {
+                    continue;
+                }
+                if token.eq_ignore_ascii_case("upgrade") {
+                    if present & (1 << UPGRADE_INDEX) != 0 {
+                        upgrade = headers.get(header::UPGRADE).cloned();
+                    }
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
@@ -105,6 +115,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    upgrade
 }
 
 /// The value a connection from `client` adds to `x-forwarded-for`, built once per
@@ -381,9 +392,26 @@ mod tests {
             ("te", "gzip"),
             ("x-keep", "yes"),
         ]);
-        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            strip_hop_by_hop(&mut h, true),
+            None,
+            "an Upgrade header alone asks for nothing"
+        );
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn an_upgrade_is_reported_and_still_stripped() {
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert_eq!(strip_hop_by_hop(&mut h, true).unwrap(), "websocket");
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = map(&[("connection", "upgrade")]);
+        assert_eq!(strip_hop_by_hop(&mut h, true), None, "no protocol named");
     }
 
     #[test]

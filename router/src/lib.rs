@@ -39,6 +39,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod tenant;
+pub mod upgrade;
 pub mod upstream;
 
 pub use service_runtime::{signal, telemetry};

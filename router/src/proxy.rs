@@ -48,6 +48,7 @@ use crate::retry::{RetryPermit, RetryPolicy};
 use crate::route::{Cluster, Route, RouteTarget};
 use crate::state::Shared;
 use crate::tenant::{Refusal, Tenant, TenantPermit};
+use crate::upgrade;
 use crate::upstream::SendError;
 
 /// The body of every response the router sends: the upstream's, streamed (its guard holding
@@ -64,8 +65,10 @@ type Upstream = (Response<Incoming>, InFlight, Duration);
 /// are known.
 #[derive(Debug)]
 pub struct ResponseGuard {
-    in_flight: InFlight,
+    // The tenant's place is given back first: once the endpoint shows the request ended,
+    // so has the tenant.
     _tenant: Option<TenantPermit>,
+    in_flight: InFlight,
     metrics: Arc<PairHandles>,
     grpc: bool,
     log: Option<Box<AccessLine>>,
@@ -409,14 +412,28 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let class = class.unwrap_or(TrafficClass::Live);
     let downstream_version = req.version();
     let mut bytes_in = None;
+    let mut upgrade = None;
     let (served_by, result, body_complete, tenant_permit, mirrored, request_id) = match admitted {
         Err(err) => {
             let complete = req.body().is_end_stream();
             (&route.targets[0], Err(err), complete, None, None, None)
         }
+        Ok(_) if req.method() == Method::CONNECT => {
+            let complete = req.body().is_end_stream();
+            let err = ProxyError::UpgradeNotSupported;
+            (&route.targets[0], Err(err), complete, None, None, None)
+        }
         Ok(tenant_permit) => {
             let (mut parts, body) = req.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, true);
+            let asked = headers::strip_hop_by_hop(&mut parts.headers, true);
+            if asked.is_some() {
+                upgrade = upgrade::requested(
+                    parts.version,
+                    &mut parts.headers,
+                    &mut parts.extensions,
+                    asked,
+                );
+            }
             headers::append_forwarded_for(&mut parts.headers, &conn.forwarded_for);
             headers::ensure_request_id(&mut parts.headers);
             let request_id = if shared.settings.access_log || span.is_some() {
@@ -441,7 +458,11 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 _ => (route.pick_target(&parts.headers), &route.fallbacks[..]),
             };
             let mut mirrored = match &route.mirror {
-                Some(mirror) if mirror.sampled(&parts.headers, route.sticky_header.as_ref()) => {
+                // A tunnel is not copied: the mirror would get an upgrade it cannot finish.
+                Some(mirror)
+                    if upgrade.is_none()
+                        && mirror.sampled(&parts.headers, route.sticky_header.as_ref()) =>
+                {
                     mirror.start(
                         &parts.method,
                         &parts.uri,
@@ -474,6 +495,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 Arrival {
                     version: downstream_version,
                     grpc,
+                    upgrade: upgrade.is_some(),
                     start,
                 },
                 deadline,
@@ -494,7 +516,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let mut own_error = None;
     let response = match result {
         Ok((mut resp, in_flight, upstream)) => {
-            headers::strip_hop_by_hop(resp.headers_mut(), false);
+            let upgraded_to = headers::strip_hop_by_hop(resp.headers_mut(), false);
             let pair = served_by.metrics.handles();
             // Only a gRPC request's answer has a meaningful `grpc-status`.
             let trailers_only = grpc
@@ -522,14 +544,24 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 })
             });
             let guard = ResponseGuard {
-                in_flight,
                 _tenant: tenant_permit,
+                in_flight,
                 metrics: Arc::clone(pair),
                 // Trailers-only answers were counted above.
                 grpc: grpc && !resp.headers().contains_key(headers::GRPC_STATUS),
                 log,
             };
-            resp.map(|body| Either::Left(UpstreamBody::new(body, guard)))
+            match upgrade {
+                Some(upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    // The tunnel holds the guard (in-flight counts, log line) until it closes.
+                    upgrade::start(upgrade, &mut resp, upgraded_to, move |carried| {
+                        let mut guard = guard;
+                        guard.finish(carried.to_client, None);
+                    });
+                    resp.map(|_| Either::Right(Full::default()))
+                }
+                _ => resp.map(|body| Either::Left(UpstreamBody::new(body, guard))),
+            }
         }
         Err(err) => {
             own_error = Some(err);
@@ -550,7 +582,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
         .metrics
         .record(response.status(), elapsed, class, tenant.as_deref());
     // Proxied answers are logged when their body ends (see `ResponseGuard`).
-    if shared.settings.access_log && matches!(response.body(), Either::Right(_)) {
+    if shared.settings.access_log && own_error.is_some() {
         tracing::info!(
             target: "access",
             client = %remote,
@@ -652,12 +684,14 @@ fn close_if_body_unread<B>(resp: &mut Response<B>, version: Version, body_comple
 }
 
 /// What the forwarding phases need to know of the downstream request: its HTTP version (for
-/// `auto` clusters), whether it is gRPC (only a gRPC answer's `grpc-status` is read) and when
-/// it arrived (for the overhead histogram).
+/// `auto` clusters), whether it is gRPC (only a gRPC answer's `grpc-status` is read), whether
+/// it asks for an upgrade (sent on a connection of its own), and when it arrived (for the
+/// overhead histogram).
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
     version: Version,
     grpc: bool,
+    upgrade: bool,
     start: Instant,
 }
 
@@ -921,6 +955,10 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         Protocol::Http2 => true,
         Protocol::Auto => arrival.version == Version::HTTP_2,
     };
+    if use_h2 && arrival.upgrade {
+        // An h2c-only cluster cannot take an HTTP/1.1 upgrade; the next cluster may.
+        return Err(Failure::Skipped(ProxyError::UpgradeNotSupported));
+    }
     let start = arrival.start;
     let policy = route.retry.as_ref();
     let mut exclude = None;
@@ -960,8 +998,11 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         if tries == 1 {
             target.metrics.handles().overhead(sent_at - start);
         }
+        let upgrade = arrival.upgrade;
         let send = async move {
-            if use_h2 {
+            if upgrade {
+                host.pool.send_upgrade(req, timeout, pending).await
+            } else if use_h2 {
                 host.pool.send_http2(req, timeout, pending).await
             } else {
                 host.pool.send_http1(req, timeout, pending).await

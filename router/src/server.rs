@@ -129,7 +129,7 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(
+        let conn = builder.serve_connection_with_upgrades(
             TokioIo::new(stream),
             Proxy::new(Arc::clone(&shared), remote),
         );

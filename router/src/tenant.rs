@@ -181,7 +181,10 @@ mod tests {
         .unwrap();
         let tenant = Tenant::new("t", 0, &spec, Arc::default());
         let first = tenant.admit(Instant::now()).unwrap();
-        assert_eq!(tenant.admit(Instant::now()).unwrap_err(), Refusal::Overloaded);
+        assert_eq!(
+            tenant.admit(Instant::now()).unwrap_err(),
+            Refusal::Overloaded
+        );
         drop(first);
         assert_eq!(tenant.in_flight(), 0);
         let second = tenant.admit(Instant::now()).unwrap();

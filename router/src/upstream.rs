@@ -196,6 +196,33 @@ impl Pool {
         result.map_err(first_send_failed)
     }
 
+    /// Sends an HTTP/1.1 upgrade request (`Connection: upgrade`) on a connection of its
+    /// own, never pooled: after a `101` the connection belongs to the tunnel, and after any
+    /// other answer it ends with the response.
+    pub async fn send_upgrade(
+        &self,
+        req: Request<RequestBody>,
+        connect_timeout: Duration,
+        pending: Option<PendingLimit<'_>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let (waiting, req) = wait_for_connection(pending, req)?;
+        let io = match self.connect(connect_timeout).await {
+            Ok(io) => io,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        let (mut conn, driver) = match http1::Builder::new().handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => return Err(SendError::Exchange(e)),
+        };
+        drop(waiting);
+        tokio::spawn(async move {
+            if let Err(e) = driver.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection ended");
+            }
+        });
+        conn.try_send_request(req).await.map_err(first_send_failed)
+    }
+
     /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection; a new
     /// one is opened only within `pending`'s limit.
     pub async fn send_http2(

@@ -29,3 +29,4 @@ mod streaming;
 mod support;
 mod telemetry;
 mod tenancy;
+mod websocket;
