@@ -42,27 +42,10 @@ passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
 
 echo "== python end-to-end tests (tests/python: tritonclient, openai)"
-# The venv lives in .venv; its packages are reinstalled only when the requirements change
-# (their hash is kept in .venv/.requirements.sha256).
-requirements=tests/python/requirements.txt
-stamp=.venv/.requirements.sha256
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
 py_status=0
-if [[ ! -x .venv/bin/python ]] && ! python3 -m venv .venv; then
-  # Debian's python3 makes venvs only with python3-venv.
-  echo "installing python3-venv"
-  rm -rf .venv
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv &&
-    python3 -m venv .venv; } || py_status=1
-fi
-want=$(sha256sum "$requirements" | cut -d' ' -f1)
-if ((py_status == 0)) && [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  echo "installing $requirements into .venv"
-  if .venv/bin/python -m pip install -q --disable-pip-version-check -r "$requirements"; then
-    echo "$want" >"$stamp"
-  else
-    py_status=1
-  fi
-fi
+ensure_venv || py_status=1
 if ((py_status == 0)); then
   PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/python 2>&1 |
     tee "$pylog" || py_status=$?
