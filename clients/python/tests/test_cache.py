@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import grpc
 import pytest
@@ -213,7 +213,7 @@ def test_every_field_of_the_context_is_part_of_the_key() -> None:
     stub = FakeStub(answer())
     client = make_client(clock, stub)
     resolve(client)
-    variants = [
+    variants: List[Dict[str, Any]] = [
         {"tenant": "kids"},
         {"traffic_class": "synthetic"},
         {"experiment_allocations": {"exp": "control"}},

@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -224,7 +224,7 @@ class Client:
             def make_stub(grpc_target: str) -> Any:
                 channel = grpc.insecure_channel(grpc_target, options=options)
                 self._channels.append(channel)
-                return pb_grpc.ResolverStub(channel)
+                return pb_grpc.ResolverStub(channel)  # type: ignore[no-untyped-call]
 
             stub_factory = make_stub
         self._stubs = [stub_factory(grpc_target) for grpc_target in targets]
@@ -247,7 +247,8 @@ class Client:
         self._routing_header = routing_header.lower()
         # A random first endpoint spreads a fleet of clients over the replicas.
         self._preferred = self._random.randrange(len(self._stubs))
-        self._stats = Stats()
+        # Stats field -> count; guarded by the lock.
+        self._counters: Dict[str, int] = dict.fromkeys(Stats.__dataclass_fields__, 0)
 
     # --- resolving -----------------------------------------------------------------
 
@@ -380,7 +381,7 @@ class Client:
     def stats(self) -> Stats:
         """The client's counters since it was made."""
         with self._lock:
-            return self._stats
+            return Stats(**self._counters)
 
     @property
     def routing_header(self) -> str:
@@ -422,23 +423,23 @@ class Client:
                 f"last_known_good_entries={len(self._last_good)}, "
                 f"static_defaults={len(self._static_defaults)}, max_ttl={self._max_ttl}, "
                 f"deadline={self._deadline}, attempts={self._attempts}, "
-                f"routing_header={self._routing_header!r}, stats={self._stats!r})"
+                f"routing_header={self._routing_header!r}, stats={Stats(**self._counters)!r})"
             )
 
     # --- internals -----------------------------------------------------------------
 
     def _count(self, **deltas: int) -> None:
         # Lock held.
-        self._stats = replace(
-            self._stats, **{name: getattr(self._stats, name) + n for name, n in deltas.items()}
-        )
+        counters = self._counters
+        for name, n in deltas.items():
+            counters[name] += n
 
     def _lookup(self, ctx: RequestContext) -> Optional[Resolved]:
         # Lock held.
         answer = self._fresh.get(ctx)
         if answer is None:
             return None
-        self._count(hits=1)
+        self._counters["hits"] += 1
         return Resolved.of(answer, Source.CACHED)
 
     def _fetch_and_store(self, ctx: RequestContext) -> _Outcome:
@@ -547,7 +548,7 @@ class Client:
     def _backoff(self, n: int) -> float:
         """The ``n``-th backoff wait (from 0): ``min(max, base * 2**n)``, uniform over its
         upper half so that clients that failed together do not retry together."""
-        full = min(self._backoff_max, self._backoff_base * (2 ** min(n, 62)))
+        full = min(self._backoff_max, self._backoff_base * float(1 << min(n, 62)))
         half = full / 2
         return half + self._random.uniform(0.0, half)
 

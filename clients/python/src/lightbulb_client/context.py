@@ -8,13 +8,13 @@ content are equal, hash alike and share a cache entry whatever order they were b
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Tuple, Union
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Tuple, Union
 
 from ._generated import pb
 
 if TYPE_CHECKING:
     from ._proto.lightbulb.v1.lightbulb_pb2 import ResolveRequest
+    from ._proto.lightbulb.v1.lightbulb_pb2 import TrafficClass as PbTrafficClass
 
 Pairs = Tuple[Tuple[str, str], ...]
 
@@ -30,7 +30,11 @@ class TrafficClass(enum.Enum):
     #: Load tests, probes and other synthetic traffic.
     SYNTHETIC = "synthetic"
 
-    def to_proto(self) -> int:
+    # Members are singletons: the identity hash (in C) is enough, and it keeps hashing a
+    # context, the cache key, cheap (Enum's own hash is Python code).
+    __hash__ = object.__hash__
+
+    def to_proto(self) -> PbTrafficClass:
         """The proto enum value (``TRAFFIC_CLASS_LIVE`` or ``TRAFFIC_CLASS_SYNTHETIC``)."""
         if self is TrafficClass.SYNTHETIC:
             return pb.TRAFFIC_CLASS_SYNTHETIC
@@ -49,13 +53,13 @@ def _pairs(what: str, pairs: Mapping[str, str] | None) -> Pairs:
     return tuple(sorted(pairs.items()))
 
 
-@dataclass(frozen=True)
-class RequestContext:
+class RequestContext(NamedTuple):
     """The context of one inference request: everything an objective's rules may read.
 
-    Immutable and hashable; it is the client's cache key. Make one with
+    An immutable, hashable named tuple; it is the client's cache key. Make one with
     :meth:`RequestContext.of` (which normalises its arguments) or
-    :meth:`RequestContext.from_proto`.
+    :meth:`RequestContext.from_proto`; the constructor takes the normalised fields as they
+    are.
 
     Attributes:
         objective: the business use case, e.g. ``ContinueWatchingRanking``. Required by
@@ -73,8 +77,8 @@ class RequestContext:
     objective: str
     tenant: str = ""
     subject_id: str = ""
-    attributes: Pairs = field(default=())
-    experiment_allocations: Pairs = field(default=())
+    attributes: Pairs = ()
+    experiment_allocations: Pairs = ()
     traffic_class: TrafficClass = TrafficClass.LIVE
 
     @classmethod
@@ -95,16 +99,19 @@ class RequestContext:
                 attributes or allocations is not a ``str``.
             ValueError: when ``traffic_class`` is not ``"live"`` or ``"synthetic"``.
         """
-        for what, value in (("objective", objective), ("tenant", tenant), ("subject_id", subject_id)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{what} must be str, got {value!r}")
+        if not isinstance(objective, str):
+            raise TypeError(f"objective must be str, got {objective!r}")
+        if tenant is not None and not isinstance(tenant, str):
+            raise TypeError(f"tenant must be str, got {tenant!r}")
+        if subject_id is not None and not isinstance(subject_id, str):
+            raise TypeError(f"subject_id must be str, got {subject_id!r}")
         return cls(
-            objective=objective,
-            tenant=tenant or "",
-            subject_id=subject_id or "",
-            attributes=_pairs("attribute", attributes),
-            experiment_allocations=_pairs("experiment allocation", experiment_allocations),
-            traffic_class=TrafficClass(traffic_class),
+            objective,
+            tenant or "",
+            subject_id or "",
+            _pairs("attribute", attributes),
+            _pairs("experiment allocation", experiment_allocations),
+            traffic_class if type(traffic_class) is TrafficClass else TrafficClass(traffic_class),
         )
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Mapping, NamedTuple, Optional, Tuple
 
 if TYPE_CHECKING:
     from ._proto.lightbulb.v1.lightbulb_pb2 import ObjectiveConfig as PbObjectiveConfig
@@ -125,8 +125,7 @@ class ShadowTarget:
         return cls(shadow.model_id, shadow.routing_key, shadow.sample_percent)
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """One answer as kept by the caches (without its source)."""
 
     routing_key: str
@@ -135,9 +134,9 @@ class Answer:
     rule_set_version: int
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """The answer of :meth:`Client.resolve <lightbulb_client.Client.resolve>`.
+class Resolved(NamedTuple):
+    """The answer of :meth:`Client.resolve <lightbulb_client.Client.resolve>`: an
+    immutable named tuple.
 
     Attributes:
         routing_key: the routing key of the selected model, for the router's
@@ -158,7 +157,7 @@ class Resolved:
     @classmethod
     def of(cls, answer: Answer, source: Source) -> Resolved:
         """The answer as handed out, with where it came from."""
-        return cls(answer.routing_key, answer.config, answer.shadows, answer.rule_set_version, source)
+        return cls(*answer, source)
 
 
 def is_valid_routing_key(key: str) -> bool:
