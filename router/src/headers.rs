@@ -57,6 +57,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 ///
 /// `te: trailers` is kept on requests when `keep_te_trailers` is set: gRPC requires it end to
 /// end, and it only announces that the client accepts trailers.
+#[inline]
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) -> Option<HeaderValue> {
     // One pass over the few headers a message carries, no hashing; then only the names seen
     // are removed. Most requests have none (h2 forbids them outright); HTTP/1.1 responses

@@ -1001,7 +1001,8 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         let upgrade = arrival.upgrade;
         let send = async move {
             if upgrade {
-                host.pool.send_upgrade(req, timeout, pending).await
+                // Boxed: the rare upgrade keeps the future of every other request small.
+                Box::pin(host.pool.send_upgrade(req, timeout, pending)).await
             } else if use_h2 {
                 host.pool.send_http2(req, timeout, pending).await
             } else {
