@@ -41,13 +41,13 @@ summary=$(grep -E '^ +Summary ' "$log" | tail -n 1)
 passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
 
-echo "== python end-to-end tests (tests/python: tritonclient, openai)"
+echo "== python tests (the Python client's unit tests; end-to-end tests with tritonclient, openai, grpcio)"
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 py_status=0
 ensure_venv || py_status=1
 if ((py_status == 0)); then
-  PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/python 2>&1 |
+  PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider clients/python/tests tests/python 2>&1 |
     tee "$pylog" || py_status=$?
 fi
 # pytest's closing line, e.g. "2 failed, 38 passed, 1 error in 9.10s": errors count as failed.
