@@ -174,21 +174,9 @@ impl Pool {
         connect_timeout: Duration,
         pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
-        let (waiting, req) = wait_for_connection(pending, req)?;
-        let io = match self.connect(connect_timeout).await {
-            Ok(io) => io,
-            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-        };
-        let (mut conn, driver) = match http1::Builder::new().handshake(io).await {
-            Ok(pair) => pair,
-            Err(e) => return Err(SendError::Exchange(e)),
-        };
-        drop(waiting);
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(error = %e, "upstream http1 connection ended");
-            }
-        });
+        let (mut conn, req) = self
+            .dial_http1(req, connect_timeout, pending, false)
+            .await?;
         let result = conn.try_send_request(req).await;
         if result.is_ok() {
             self.checkin_h1(conn);
@@ -205,22 +193,41 @@ impl Pool {
         connect_timeout: Duration,
         pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
+        let (mut conn, req) = self.dial_http1(req, connect_timeout, pending, true).await?;
+        conn.try_send_request(req).await.map_err(first_send_failed)
+    }
+
+    /// Opens a new HTTP/1.1 connection within `pending`'s limit, its driver running on its
+    /// own task (handing the connection over after a `101` when `upgrades` is set); gives
+    /// `req` back with it, or inside the error when nothing could be sent.
+    async fn dial_http1(
+        &self,
+        req: Request<RequestBody>,
+        connect_timeout: Duration,
+        pending: Option<PendingLimit<'_>>,
+        upgrades: bool,
+    ) -> Result<(http1::SendRequest<RequestBody>, Request<RequestBody>), SendError> {
         let (waiting, req) = wait_for_connection(pending, req)?;
         let io = match self.connect(connect_timeout).await {
             Ok(io) => io,
             Err(e) => return Err(SendError::Connect(e, Box::new(req))),
         };
-        let (mut conn, driver) = match http1::Builder::new().handshake(io).await {
+        let (conn, driver) = match http1::Builder::new().handshake(io).await {
             Ok(pair) => pair,
             Err(e) => return Err(SendError::Exchange(e)),
         };
         drop(waiting);
         tokio::spawn(async move {
-            if let Err(e) = driver.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream upgrade connection ended");
+            let ended = if upgrades {
+                driver.with_upgrades().await
+            } else {
+                driver.await
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "upstream http1 connection ended");
             }
         });
-        conn.try_send_request(req).await.map_err(first_send_failed)
+        Ok((conn, req))
     }
 
     /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection; a new

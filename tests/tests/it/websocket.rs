@@ -217,13 +217,19 @@ async fn the_server_closing_ends_the_tunnel_and_frees_the_endpoint() {
         e["active_requests"] == 1
     })
     .await;
+    server_closes(&router, &server, &mut ws).await;
+}
+
+/// Has the server close `ws` and waits until the router shows the tunnel ended.
+async fn server_closes(router: &RouterProcess, server: &EchoServer, ws: &mut Client) {
     ws.send(Message::text("bye")).await.unwrap();
-    match next_message(&mut ws).await {
+    match next_message(ws).await {
         Message::Close(_) => {}
         other => panic!("expected the server's close, got {other:?}"),
     }
+    let endpoint = server.addr.to_string();
     wait_for_endpoint(
-        &router,
+        router,
         "h1",
         &endpoint,
         "free once the tunnel closed",
@@ -258,17 +264,7 @@ async fn upgrade_requests_get_the_routing_and_tenant_rules() {
         next_message(&mut first).await,
         Message::text("echo: still open")
     );
-    first.send(Message::text("bye")).await.unwrap();
-    let _ = next_message(&mut first).await;
-    let endpoint = server.addr.to_string();
-    wait_for_endpoint(
-        &router,
-        "h1",
-        &endpoint,
-        "free once the tunnel closed",
-        |e| e["active_requests"] == 0,
-    )
-    .await;
+    server_closes(&router, &server, &mut first).await;
     let mut again = connect(&router, "/", &tenant)
         .await
         .expect("the tenant's place is free again");
