@@ -153,12 +153,13 @@ impl ConfigApi {
             Auth::Disabled => return Ok("anonymous".to_owned()),
             Auth::Tokens(tokens) => tokens,
         };
-        let presented = headers
+        // The header's value is never logged nor echoed: the answer only says whether
+        // there was a bearer token and whether it is one of ours.
+        let authorization = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| {
-                let v = v.as_bytes();
-                (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
-            })
+            .map(HeaderValue::as_bytes);
+        let presented = service_runtime::secret::bearer(authorization)
+            .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -166,16 +167,13 @@ impl ConfigApi {
                     "a bearer token is required: Authorization: Bearer TOKEN",
                 )
             })?;
-        tokens
-            .check(presented.trim_ascii())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the bearer token is not valid",
-                )
-            })
+        tokens.check(presented).map(str::to_owned).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is not valid",
+            )
+        })
     }
 
     /// Checks the content type and reads the body, up to the limit.

@@ -1,13 +1,19 @@
 //! Who may change the rules: bearer tokens from `--api-token-file` and
-//! `LIGHTBULB_API_TOKEN`, compared in constant time.
+//! `LIGHTBULB_API_TOKEN`, compared in constant time ([`Token::matches`], `subtle`).
+//!
+//! A token never reaches a log line, an error or a `Debug` output: only its name does. A
+//! token file that others than its owner may read is accepted with a warning naming the
+//! file and its mode.
 
 use std::fmt;
 use std::path::Path;
 
+use service_runtime::secret::Token;
+
 /// The tokens allowed to change the rules, each with a name used in logs and history.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    tokens: Vec<(String, Vec<u8>)>,
+    tokens: Vec<(String, Token)>,
 }
 
 /// Why the token file could not be read.
@@ -38,7 +44,8 @@ pub enum TokenError {
 
 impl Tokens {
     /// Reads `name:token` lines (blank lines and `#` comments skipped), or a single bare
-    /// token, named `default`.
+    /// token, named `default`. A file that others than its owner may read is accepted, with
+    /// a warning naming it (`chmod 600` it).
     ///
     /// # Errors
     ///
@@ -48,6 +55,13 @@ impl Tokens {
             path: path.display().to_string(),
             source,
         })?;
+        if let Some(mode) = loose_mode(path) {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format_args!("{mode:04o}"),
+                "token file is readable by others than its owner; chmod 600 it"
+            );
+        }
         Self::parse(&text).map_err(|(line, message)| TokenError::Malformed {
             path: path.display().to_string(),
             line,
@@ -82,10 +96,11 @@ impl Tokens {
         Ok(tokens)
     }
 
-    /// Adds a token.
+    /// Adds a token (surrounding whitespace removed); an empty one is ignored.
     pub fn add(&mut self, name: &str, token: &str) {
-        self.tokens
-            .push((name.to_owned(), token.as_bytes().to_vec()));
+        if let Some(token) = Token::new(token) {
+            self.tokens.push((name.to_owned(), token));
+        }
     }
 
     /// Whether there is no token.
@@ -93,12 +108,13 @@ impl Tokens {
         self.tokens.is_empty()
     }
 
-    /// The name of the token `presented` is, comparing it with every token in constant time
-    /// (for tokens of one length).
+    /// The name of the token `presented` is. Every token is compared, each in constant time
+    /// (time that depends only on the lengths), so the answer's timing does not tell which
+    /// token, or how much of one, matched.
     pub fn check(&self, presented: &[u8]) -> Option<&str> {
         let mut found = None;
         for (name, token) in &self.tokens {
-            if constant_time_eq(token, presented) && found.is_none() {
+            if token.matches(presented) && found.is_none() {
                 found = Some(name.as_str());
             }
         }
@@ -115,11 +131,17 @@ impl fmt::Debug for Tokens {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The permission bits of `path` when its group or others may read it.
+#[cfg(unix)]
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_path: &Path) -> Option<u32> {
+    None
 }
 
 #[cfg(test)]
@@ -136,6 +158,47 @@ mod tests {
         let bare = Tokens::parse("justatoken\n").unwrap();
         assert_eq!(bare.check(b"justatoken"), Some("default"));
         assert_eq!(format!("{bare:?}"), r#"["default"]"#);
+    }
+
+    #[test]
+    fn whole_tokens_match_and_never_print() {
+        let tokens = Tokens::parse("alice:s3cret\n").unwrap();
+        assert_eq!(tokens.check(b"s3cret"), Some("alice"));
+        assert_eq!(tokens.check(b"s3cret "), None);
+        assert_eq!(tokens.check(b"s3cretx"), None);
+        assert!(!format!("{tokens:?}").contains("s3cret"));
+        let mut empty = Tokens::default();
+        empty.add("env", "  ");
+        assert!(empty.is_empty(), "a blank token is ignored");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_may_read_is_accepted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "alice:s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(loose_mode(&path), None);
+        assert!(Tokens::read_file(&path).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(loose_mode(&path), Some(0o644));
+        let tokens = Tokens::read_file(&path).unwrap();
+        assert_eq!(tokens.check(b"s3cret"), Some("alice"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line_never_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "alice:s3cret\nbob-s3cret\n").unwrap();
+        let error = Tokens::read_file(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("tokens") && error.contains("line 2"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

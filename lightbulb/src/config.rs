@@ -3,9 +3,10 @@
 //! The rules themselves (objectives, models, experiments, clusters, routes) are not here:
 //! they live in the rule-set file and can change while Lightbulb runs.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -54,7 +55,7 @@ pub struct Config {
         env = "LIGHTBULB_API_TOKEN",
         hide_env_values = true
     )]
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
 
     /// With --store: accept config changes without a bearer token. Refused unless --http is
     /// a loopback address.
@@ -74,6 +75,23 @@ pub struct Config {
     /// config API with --store).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub http: SocketAddr,
+
+    /// TLS certificate chain (PEM, leaf first) for the gRPC and HTTP ports; needs
+    /// --tls-key. Both ports then serve TLS (ALPN `h2` on gRPC, `h2` and `http/1.1` on HTTP)
+    /// and, unless --tls-only, plaintext too: the first byte of a connection tells a TLS
+    /// ClientHello from plaintext. The files are re-read when they change, without a restart;
+    /// connections already open keep the certificate they started with.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With --tls-cert: refuse plaintext connections on both ports (a plaintext client's
+    /// connection is closed during the failed handshake).
+    #[arg(long)]
+    pub tls_only: bool,
 
     /// Runtime worker threads [default: one per core].
     #[arg(long, value_name = "N")]
@@ -106,7 +124,52 @@ pub struct Config {
     pub otlp: service_runtime::otlp::OtlpArgs,
 }
 
+/// A secret flag value (a bearer token): `Debug` never shows it, so the config can be
+/// printed with `{:?}` safely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself; only for the code that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 impl Config {
+    /// The certificate and key files of `--tls-cert` and `--tls-key`; `None` without TLS.
+    ///
+    /// # Errors
+    ///
+    /// One of the two flags without the other, or `--tls-only` without them.
+    pub fn tls_files(&self) -> Result<Option<(&Path, &Path)>, String> {
+        match (self.tls_cert.as_deref(), self.tls_key.as_deref()) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) if self.tls_only => {
+                Err("--tls-only needs --tls-cert FILE and --tls-key FILE".to_owned())
+            }
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("--tls-cert needs --tls-key FILE (its private key)".to_owned()),
+            (None, Some(_)) => {
+                Err("--tls-key needs --tls-cert FILE (the certificate it belongs to)".to_owned())
+            }
+        }
+    }
+
     /// Worker threads to run: the flag, or one per available core.
     pub fn worker_count(&self) -> usize {
         service_runtime::worker_count(self.workers)
@@ -185,6 +248,50 @@ mod tests {
         assert!(parse("etcd://").is_err());
         let c = Config::parse_from(["lightbulb", "--config", "r.json"]);
         assert_eq!(c.etcd_prefix, "/lightbulb");
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_its_key() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["lightbulb", "--config", "r.json"];
+            all.extend_from_slice(args);
+            Config::parse_from(all)
+        };
+        let both = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        assert_eq!(
+            both.tls_files(),
+            Ok(Some((Path::new("c.pem"), Path::new("k.pem"))))
+        );
+        assert!(!both.tls_only);
+        assert_eq!(parse(&[]).tls_files(), Ok(None));
+        for (lone, names) in [
+            (&["--tls-cert", "c.pem"][..], "--tls-key"),
+            (&["--tls-key", "k.pem"], "--tls-cert"),
+            (&["--tls-only"], "--tls-cert"),
+        ] {
+            let error = parse(lone).tls_files().unwrap_err();
+            assert!(error.contains(names), "{lone:?}: {error}");
+        }
+        let only = parse(&["--tls-cert", "c", "--tls-key", "k", "--tls-only"]);
+        assert!(only.tls_only && only.tls_files().is_ok());
+    }
+
+    #[test]
+    fn the_api_token_never_shows_in_debug() {
+        let c = Config::parse_from([
+            "lightbulb",
+            "--config",
+            "r.json",
+            "--api-token",
+            "hunter2-secret",
+        ]);
+        assert_eq!(
+            c.api_token.as_ref().map(Secret::expose),
+            Some("hunter2-secret")
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

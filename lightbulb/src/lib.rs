@@ -50,6 +50,8 @@
 //!   accepted change goes through [`reload::Reloader::apply`]. [`auth`]: its bearer tokens.
 //! - [`server`]: the tonic server (lightbulb services, `grpc.health.v1`, reflection).
 //! - [`http`]: `POST /v1/resolve`, `/metrics`, `/healthz`, `/readyz`.
+//! - [`tls`] (`--tls-cert`, `--tls-key`): TLS on both ports, the certificate re-read when its
+//!   files change, plaintext on the same ports unless `--tls-only`.
 //! - [`config`], [`metrics`], [`signal`], [`telemetry`]: flags, metric names, SIGTERM/SIGINT,
 //!   logs.
 //!
@@ -72,6 +74,7 @@ pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use service_runtime::{signal, telemetry};
 
@@ -132,6 +135,9 @@ pub enum StartError {
         #[source]
         source: store::StoreError,
     },
+    /// The TLS certificate or key (`--tls-cert`, `--tls-key`) is unusable.
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[from] service_runtime::tls::TlsError),
     /// The runtime could not be created, or a socket could not be registered with it.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] std::io::Error),
@@ -161,6 +167,8 @@ pub struct Lightbulb {
     store: Option<(Arc<dyn store::Store>, api::Auth)>,
     /// With an etcd `--store`: the same store, followed by a watch.
     etcd: Option<Arc<etcd::EtcdStore>>,
+    /// With `--tls-cert`: the certificate and the server configurations of both ports.
+    tls: Option<tls::Tls>,
 }
 
 impl Lightbulb {
@@ -176,6 +184,7 @@ impl Lightbulb {
             source,
         };
         let auth = api_auth(&config)?;
+        let tls = load_tls(&config)?;
         let (rules, store, etcd) = match &config.store {
             None => (
                 models_config::load(&config.config).map_err(config_error)?,
@@ -233,6 +242,7 @@ impl Lightbulb {
             runtime,
             store,
             etcd,
+            tls,
         })
     }
 
@@ -266,7 +276,8 @@ impl Lightbulb {
     ///
     /// # Errors
     ///
-    /// When a listener cannot be registered with the runtime.
+    /// When a listener cannot be registered with the runtime, or (with `--tls-cert`) the
+    /// certificate watcher thread cannot be started.
     pub fn run(
         self,
         shutdown: impl Future<Output = ()>,
@@ -285,6 +296,7 @@ impl Lightbulb {
             runtime,
             store,
             etcd,
+            tls,
             ..
         } = self;
         runtime.block_on(async move {
@@ -331,25 +343,33 @@ impl Lightbulb {
                 http_app = http_app.merge(api::router(Arc::clone(config_api)));
             }
             let mut servers = tokio::task::JoinSet::new();
-            {
-                let stop = stop.clone();
-                servers.spawn(async move {
-                    let served = axum::serve(http_listener, http_app)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "HTTP server failed");
-                    }
-                });
-            }
-            {
-                let stop = stop.clone();
-                servers.spawn(async move {
-                    if let Err(e) = server::serve(grpc, grpc_listener, stop.cancelled_owned()).await
-                    {
-                        tracing::error!(error = %e, "gRPC server failed");
-                    }
-                });
+            match &tls {
+                None => {
+                    spawn_http(&mut servers, http_listener, http_app, stop.clone());
+                    let stop = stop.clone();
+                    servers.spawn(async move {
+                        let served =
+                            server::serve(grpc, grpc_listener, stop.cancelled_owned()).await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "gRPC server failed");
+                        }
+                    });
+                }
+                Some(tls) => {
+                    tls.watch()?;
+                    let http_incoming = tls.accept(http_listener, tls::Port::Http, stop.clone())?;
+                    spawn_http(&mut servers, http_incoming, http_app, stop.clone());
+                    let grpc_incoming = tls.accept(grpc_listener, tls::Port::Grpc, stop.clone())?;
+                    let stop = stop.clone();
+                    servers.spawn(async move {
+                        let served =
+                            server::serve_incoming(grpc, grpc_incoming, stop.cancelled_owned())
+                                .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "gRPC server failed");
+                        }
+                    });
+                }
             }
             health.serving().await;
             ready.store(true, Ordering::Relaxed);
@@ -389,6 +409,45 @@ impl Lightbulb {
     }
 }
 
+/// Serves the HTTP API on `listener` (plaintext, or [`tls::Incoming`]) until `stop`, then
+/// lets the requests in flight finish.
+fn spawn_http<L>(
+    servers: &mut tokio::task::JoinSet<()>,
+    listener: L,
+    app: axum::Router,
+    stop: CancellationToken,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    servers.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+}
+
+/// The certificate of `--tls-cert` and `--tls-key`, loaded once; `None` without them.
+///
+/// # Errors
+///
+/// One flag without the other, `--tls-only` alone, or files that do not load.
+fn load_tls(config: &Config) -> Result<Option<tls::Tls>, StartError> {
+    let Some((cert, key)) = config.tls_files().map_err(StartError::Usage)? else {
+        return Ok(None);
+    };
+    let tls = tls::Tls::load(cert, key, config.tls_only)?;
+    tracing::info!(
+        cert = %cert.display(),
+        plaintext_too = !config.tls_only,
+        "TLS on the gRPC and HTTP ports; the certificate is re-read when its files change"
+    );
+    Ok(Some(tls))
+}
+
 /// Who may use the config API: `None` without `--store`.
 ///
 /// # Errors
@@ -405,10 +464,8 @@ fn api_auth(config: &Config) -> Result<Option<api::Auth>, StartError> {
         }
         None => auth::Tokens::default(),
     };
-    if let Some(token) = config.api_token.as_deref().map(str::trim)
-        && !token.is_empty()
-    {
-        tokens.add("env", token);
+    if let Some(token) = &config.api_token {
+        tokens.add("env", token.expose());
     }
     if config.insecure_no_auth {
         if !config.http.ip().is_loopback() {

@@ -1,4 +1,5 @@
-//! `lightbulb --config FILE [--store DIR] [--grpc ADDR] [--http ADDR]`: see `lightbulb --help`.
+//! `lightbulb --config FILE [--store DIR] [--grpc ADDR] [--http ADDR] [--tls-cert FILE
+//! --tls-key FILE [--tls-only]]`: see `lightbulb --help`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,7 +35,9 @@ fn main() -> ExitCode {
                 _ => eprintln!("lightbulb: {e}"),
             }
             return match e {
-                StartError::Config { .. } | StartError::Usage(_) => ExitCode::from(EX_USAGE),
+                StartError::Config { .. } | StartError::Usage(_) | StartError::Tls(_) => {
+                    ExitCode::from(EX_USAGE)
+                }
                 _ => ExitCode::FAILURE,
             };
         }

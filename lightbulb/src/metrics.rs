@@ -27,6 +27,9 @@ pub const CACHE_ENTRIES: &str = "lightbulb_cache_entries";
 pub const CONFIG_VERSION: &str = "lightbulb_config_version";
 /// Rule-set reload attempts by result (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "lightbulb_config_reloads_total";
+/// Connections closed because their TLS handshake failed or timed out, by port (`grpc`,
+/// `http`).
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "lightbulb_tls_handshake_failures_total";
 
 /// Label of a resolve whose objective the rule set does not have (or that named none).
 pub const UNKNOWN_OBJECTIVE: &str = "unknown";
@@ -89,6 +92,10 @@ pub fn describe() {
     metrics::describe_gauge!(CACHE_ENTRIES, "Resolutions held in the cache");
     metrics::describe_gauge!(CONFIG_VERSION, "Version of the rule set in use");
     metrics::describe_counter!(CONFIG_RELOADS_TOTAL, "Rule-set reload attempts by result");
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "Connections closed because their TLS handshake failed or timed out, by port"
+    );
 }
 
 /// Records one answered resolve. `objective` is what the request named; it becomes a label
@@ -144,4 +151,9 @@ pub fn record_version(version: u64) {
 /// Publishes the number of cached resolutions; called before a scrape.
 pub fn record_cache_entries(entries: u64) {
     metrics::gauge!(CACHE_ENTRIES).set(entries as f64);
+}
+
+/// Counts a connection closed because its TLS handshake failed.
+pub fn record_tls_handshake_failure(port: crate::tls::Port) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "port" => port.as_label()).increment(1);
 }

@@ -6,6 +6,10 @@
 //! the listeners are up and the first rule set is in force), and `NOT_SERVING` again when
 //! draining starts ([`Health::not_serving`]), so load balancers stop sending new calls;
 //! then [`Health::close`] ends the `Health.Watch` streams so they do not hold up the drain.
+//!
+//! [`serve`] takes plaintext connections from a listener; with `--tls-cert`,
+//! [`serve_incoming`] takes the connections [`crate::tls::Tls::accept`] opened (TLS, and
+//! plaintext unless `--tls-only`).
 
 use std::future::Future;
 
@@ -110,6 +114,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// [`serve`] on connections opened by [`crate::tls::Tls::accept`] (TLS, and plaintext
+/// unless `--tls-only`); the same graceful shutdown.
+///
+/// # Errors
+///
+/// When the server fails (not on a single bad connection or handshake).
+pub async fn serve_incoming(
+    router: Router,
+    incoming: crate::tls::Incoming,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

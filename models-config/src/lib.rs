@@ -45,7 +45,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 pub use error::{ConfigError, Issue, ValidationErrors};
-pub use valid::{ValidCluster, ValidEndpoint, ValidRoute, ValidRuleSet};
+pub use valid::{ValidCluster, ValidEndpoint, ValidRoute, ValidRuleSet, ValidTls};
 pub use validate::validate;
 
 use spec::RuleSet;

@@ -108,6 +108,40 @@ pub struct ClusterSpec {
     /// Limits on requests in flight and waiting for a connection. Absent: no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// TLS to the endpoints (and mTLS with a client certificate), for requests and health
+    /// checks alike. Absent: plaintext (HTTP/1.1, or h2c with prior knowledge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS from the router to a cluster's endpoints.
+///
+/// The files are read by each router when it applies the rule set (at start, on every
+/// reload and push), never by Lightbulb; a file that cannot be loaded there gets the whole
+/// rule set refused, naming the cluster and the file. ALPN follows `protocol`: `http1`
+/// offers `http/1.1`, `http2` offers `h2`, and `auto` offers both and speaks the one the
+/// endpoint picks. An endpoint shared by several clusters must have the same `tls` block
+/// in each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// PEM file of the CA certificates trusted to have signed the endpoints' certificates;
+    /// nothing else is trusted (not the system roots). Required.
+    #[schemars(length(min = 1))]
+    pub ca_file: String,
+    /// The name the endpoints' certificates must be valid for, also sent as SNI: a DNS
+    /// name or an IP address (IPv6 without brackets). Default: each endpoint's own host
+    /// (its IP address for an IP-address endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM certificate chain (leaf first) presented to endpoints that ask for a client
+    /// certificate (mTLS), with `key_file`: both or neither. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`, with `cert_file`: both or
+    /// neither. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
 }
 
 /// An active health check, run against every endpoint of a cluster by one prober per
@@ -120,12 +154,13 @@ pub struct ClusterSpec {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
     /// Path of an HTTP `GET` probe (starting with `/`), sent over the cluster's protocol
-    /// (h2c for `http2`, HTTP/1.1 otherwise). Healthy on a 2xx answer, or on one of
-    /// `expected_statuses` when given.
+    /// (h2c for `http2`, HTTP/1.1 otherwise; over TLS when the cluster has `tls`). Healthy
+    /// on a 2xx answer, or on one of `expected_statuses` when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_path: Option<String>,
-    /// Service name for a `grpc.health.v1.Health/Check` probe over h2c (`""`: the whole
-    /// server). Healthy when the answer is `SERVING`.
+    /// Service name for a `grpc.health.v1.Health/Check` probe over h2c, or h2 over TLS
+    /// when the cluster has `tls` (`""`: the whole server). Healthy when the answer is
+    /// `SERVING`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_service: Option<String>,
     /// Statuses (100 to 599) that count as healthy for `http_path`. Default empty: any 2xx.
@@ -237,9 +272,11 @@ pub enum Protocol {
     /// HTTP/1.1 with pooled keep-alive connections.
     #[default]
     Http1,
-    /// HTTP/2 over cleartext with prior knowledge (h2c); required for gRPC upstreams.
+    /// HTTP/2: over cleartext with prior knowledge (h2c), or over TLS (ALPN `h2`) with
+    /// `tls`; required for gRPC upstreams.
     Http2,
-    /// The same version the client used towards the router.
+    /// The same version the client used towards the router; with `tls`, the router offers
+    /// both by ALPN and speaks the version the endpoint picks.
     Auto,
 }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::HeaderName;
@@ -17,7 +18,8 @@ use crate::spec::{RetryCondition, RuleSet};
 ///
 /// It dereferences to the [`RuleSet`] and adds what validation already worked out: each
 /// cluster's endpoint addresses as [`Authority`] (and [`SocketAddr`] when the host is an IP
-/// address) and its hash header as a [`HeaderName`]. Cloning is cheap (shared).
+/// address), its hash header as a [`HeaderName`] and its TLS settings with the server name
+/// of each endpoint. Cloning is cheap (shared).
 #[derive(Debug, Clone)]
 pub struct ValidRuleSet {
     inner: Arc<Inner>,
@@ -47,6 +49,24 @@ pub struct ValidCluster {
     pub endpoints: Vec<ValidEndpoint>,
     /// `hash_header`, lowercased and parsed.
     pub hash_header: Option<HeaderName>,
+    /// The `tls` block, when there is one.
+    pub tls: Option<ValidTls>,
+}
+
+/// The `tls` block of a validated cluster: its paths are well-formed (whether the files
+/// exist and hold usable PEM is for the process that reads them), its client certificate
+/// and key come together, and every endpoint has the name its certificate must be valid
+/// for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidTls {
+    /// The CA certificates trusted for the endpoints (PEM).
+    pub ca_file: PathBuf,
+    /// The client certificate chain and its private key (PEM), for mTLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name each endpoint's certificate must be valid for, also sent as SNI, in
+    /// endpoint order: `server_name`, or the endpoint's host (an IPv6 address without its
+    /// brackets).
+    pub server_names: Vec<Arc<str>>,
 }
 
 /// One validated endpoint address.
@@ -109,11 +129,27 @@ impl ValidRuleSet {
                     }
                 },
             };
+            let tls = spec.tls.as_ref().map(|tls| ValidTls {
+                ca_file: PathBuf::from(&tls.ca_file),
+                identity: tls
+                    .cert_file
+                    .as_ref()
+                    .zip(tls.key_file.as_ref())
+                    .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
+                server_names: endpoints
+                    .iter()
+                    .map(|e| match &tls.server_name {
+                        Some(name) => Arc::from(name.as_str()),
+                        None => Arc::from(bare_host(e.authority.host())),
+                    })
+                    .collect(),
+            });
             clusters.insert(
                 name.clone(),
                 ValidCluster {
                     endpoints,
                     hash_header,
+                    tls,
                 },
             );
         }
@@ -219,6 +255,13 @@ impl ValidRuleSet {
     }
 }
 
+/// A URI host as a TLS server name: an IPv6 address loses its brackets.
+fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 impl Deref for ValidRuleSet {
     type Target = RuleSet;
 
@@ -277,6 +320,35 @@ mod tests {
             a.hash_header.as_ref().map(HeaderName::as_str),
             Some("x-session")
         );
+        assert_eq!(a.tls, None);
         assert_eq!(valid.with_version(7).version, 7);
+    }
+
+    #[test]
+    fn tls_server_names_default_to_each_endpoints_host() {
+        let valid = crate::parse(
+            r#"{
+                "clusters": {
+                    "own": { "endpoints": ["10.0.0.1:443", "[::1]:443", "Model.Internal:8443"],
+                             "tls": { "ca_file": "/etc/router/ca.pem" } },
+                    "named": { "endpoints": ["10.0.0.2:443"],
+                               "tls": { "ca_file": "ca.pem", "server_name": "fraud.internal",
+                                        "cert_file": "client.pem", "key_file": "client.key" } }
+                },
+                "routes": { "k": { "cluster": "own" }, "n": { "cluster": "named" } }
+            }"#,
+        )
+        .expect("valid");
+        let own = valid.cluster("own").unwrap().tls.as_ref().expect("tls");
+        assert_eq!(own.ca_file, PathBuf::from("/etc/router/ca.pem"));
+        assert_eq!(own.identity, None);
+        let names: Vec<&str> = own.server_names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["10.0.0.1", "::1", "Model.Internal"]);
+        let named = valid.cluster("named").unwrap().tls.as_ref().expect("tls");
+        assert_eq!(
+            named.identity,
+            Some((PathBuf::from("client.pem"), PathBuf::from("client.key")))
+        );
+        assert_eq!(&*named.server_names[0], "fraud.internal");
     }
 }

@@ -11,7 +11,7 @@ use crate::error::{Issue, ValidationErrors};
 use crate::spec::{
     CircuitBreakerSpec, ClusterSpec, EndpointSpec, ExperimentSpec, FallbackSpec, HealthCheckSpec,
     MatchSpec, MirrorSpec, ObjectiveSpec, OutlierDetectionSpec, RetryCondition, RetrySpec,
-    RouteSpec, RuleSet, RuleSpec, TenantSpec, TrafficClass,
+    RouteSpec, RuleSet, RuleSpec, TenantSpec, TlsSpec, TrafficClass,
 };
 
 /// Longest name allowed, in characters.
@@ -230,6 +230,48 @@ impl Validator<'_> {
         if let Some(breaker) = &cluster.circuit_breaker {
             self.circuit_breaker(&format!("{path}.circuit_breaker"), breaker);
         }
+        if let Some(tls) = &cluster.tls {
+            self.tls(&format!("{path}.tls"), tls);
+        }
+    }
+
+    /// What can be checked of a `tls` block without the files: each router reads them
+    /// when it applies the rule set.
+    fn tls(&mut self, path: &str, tls: &TlsSpec) {
+        self.file_path(format!("{path}.ca_file"), "ca_file", &tls.ca_file);
+        if let Some(name) = &tls.server_name
+            && let Err(reason) = check_server_name(name)
+        {
+            self.error(
+                format!("{path}.server_name"),
+                format!("invalid server_name {name:?}: {reason}"),
+            );
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => {
+                self.file_path(format!("{path}.cert_file"), "cert_file", cert);
+                self.file_path(format!("{path}.key_file"), "key_file", key);
+            }
+            (Some(_), None) => self.error(
+                path,
+                "tls has cert_file without key_file; a client certificate needs both",
+            ),
+            (None, Some(_)) => self.error(
+                path,
+                "tls has key_file without cert_file; a client certificate needs both",
+            ),
+            (None, None) => {}
+        }
+    }
+
+    /// Checks a file path of a `tls` block: not empty, no NUL (the file itself is not
+    /// looked at).
+    fn file_path(&mut self, path: String, field: &str, file: &str) {
+        if file.is_empty() {
+            self.error(path, format!("{field} is empty"));
+        } else if file.contains('\0') {
+            self.error(path, format!("{field} {file:?} contains a NUL character"));
+        }
     }
 
     fn health_check(&mut self, path: &str, check: &HealthCheckSpec) {
@@ -388,9 +430,36 @@ impl Validator<'_> {
         }
     }
 
-    /// An endpoint has one health state: clusters that share an address must probe it the
-    /// same way.
+    /// An endpoint has one health state and one connection pool: clusters that share an
+    /// address must probe it the same way, and reach it with the same `tls` block (or
+    /// none).
     fn shared_endpoints(&mut self) {
+        // Normalized address → (cluster, its tls block) of the first cluster using it.
+        let mut reached: HashMap<String, (&str, Option<&TlsSpec>)> = HashMap::new();
+        for (name, cluster) in &self.rules.clusters {
+            let tls = cluster.tls.as_ref();
+            for endpoint in &cluster.endpoints {
+                let Ok(address) = normalize_address(endpoint.address()) else {
+                    continue;
+                };
+                match reached.get(&address) {
+                    Some((first, first_tls)) if *first_tls != tls => {
+                        let message = format!(
+                            "endpoint {:?} is also in cluster {first:?} with a different tls block; an endpoint has one connection pool, so clusters sharing it must reach it the same way",
+                            endpoint.address()
+                        );
+                        self.errors.push(Issue::new(
+                            format!("$.clusters{}.tls", key_path(name)),
+                            message,
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        reached.insert(address, (name, tls));
+                    }
+                }
+            }
+        }
         // Normalized address → (cluster, its health check) of the first cluster probing it.
         let mut probed: HashMap<String, (&str, &HealthCheckSpec)> = HashMap::new();
         for (name, cluster) in &self.rules.clusters {
@@ -1092,6 +1161,18 @@ fn normalize_host(host: &str) -> Result<String, String> {
         }
     }
     Ok(host.to_ascii_lowercase())
+}
+
+/// Checks a TLS server name: an IP address (IPv6 without brackets) or a DNS name, as a
+/// certificate can be issued for it and SNI can carry it (no wildcard, no port).
+fn check_server_name(name: &str) -> Result<(), String> {
+    if name.parse::<Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    if name.starts_with('[') {
+        return Err("write an IPv6 address without brackets".to_owned());
+    }
+    normalize_host(name).map(|_| ())
 }
 
 /// Checks a port: decimal digits, 1 to 65535.

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use service_runtime::secret::Token;
 
 use crate::host::{EJECTED, HealthStatus, UNHEALTHY};
 use crate::route::Cluster;
@@ -28,19 +30,52 @@ pub struct Admin {
     /// Renders the Prometheus exposition.
     pub metrics: PrometheusHandle,
     /// When set, `PUT /config` requires `Authorization: Bearer <token>`.
-    pub token: Option<Arc<str>>,
+    pub token: Option<Arc<Token>>,
+    /// Every endpoint but `/healthz` and `/readyz` requires the token (the admin API
+    /// listens on a non-loopback address).
+    pub token_everywhere: bool,
 }
 
 /// The admin routes.
 pub fn router(admin: Admin) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
         .route("/config", get(get_config).put(put_config))
         .route("/clusters", get(clusters))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
         .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
         .with_state(admin)
+}
+
+/// Refuses a call without the bearer token where one is needed: `PUT /config` whenever a
+/// token is set, and everything behind this layer when `token_everywhere`. The token is
+/// compared in constant time and never echoed.
+async fn require_token(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+    if let Some(token) = &admin.token
+        && (admin.token_everywhere || req.method() == Method::PUT)
+        && !token.matches_bearer(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+    {
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+            None,
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
@@ -103,26 +138,15 @@ async fn get_config(State(admin): State<Admin>) -> Response {
     resp
 }
 
-async fn put_config(State(admin): State<Admin>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(expected) = &admin.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(&**expected) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-                None,
-            );
-        }
-    }
+async fn put_config(State(admin): State<Admin>, body: Bytes) -> Response {
     let rule_set = match models_config::parse_slice(&body) {
         Ok(r) => r,
         Err(e) => return invalid(e.issues()),
     };
-    let table = admin.shared.apply(rule_set, ConfigSource::File);
+    let table = match admin.shared.try_apply(rule_set, ConfigSource::File) {
+        Ok(table) => table,
+        Err(e) => return invalid(e.issues()),
+    };
     Json(json!({ "version": table.version, "generation": table.generation, "routes": table.len() }))
         .into_response()
 }

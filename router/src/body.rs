@@ -44,7 +44,11 @@ enum Kind {
 #[derive(Debug)]
 pub struct Source {
     incoming: Incoming,
-    ended: Option<oneshot::Sender<()>>,
+    /// A frame read before forwarding started (the first chunk of an HTTP/1.1 chunked
+    /// body, read so that a malformed one is refused with nothing sent), handed on first.
+    first: Option<Frame<Bytes>>,
+    /// Told `true` when the body has been read whole, `false` when it failed.
+    ended: Option<oneshot::Sender<bool>>,
     tee: Option<tee::Sender>,
     done: bool,
     /// Bytes read so far, and where they are counted.
@@ -63,16 +67,19 @@ pub struct BodyMeter {
 }
 
 impl Source {
-    /// Wraps the client's body; the receiver resolves when it has been read whole (or is
-    /// dropped).
+    /// Wraps the client's body (`first`: a frame already read from it, handed on first);
+    /// the receiver gets `true` when it has been read whole, `false` when it failed (and
+    /// nothing when the body is dropped).
     pub fn new(
         incoming: Incoming,
+        first: Option<Frame<Bytes>>,
         tee: Option<tee::Sender>,
         meter: Option<BodyMeter>,
-    ) -> (Self, oneshot::Receiver<()>) {
+    ) -> (Self, oneshot::Receiver<bool>) {
         let (tx, rx) = oneshot::channel();
         let source = Source {
             incoming,
+            first,
             ended: Some(tx),
             tee,
             done: false,
@@ -84,7 +91,7 @@ impl Source {
 
     /// Whether the whole body has been read.
     pub fn is_done(&self) -> bool {
-        self.done || self.incoming.is_end_stream()
+        self.done || (self.first.is_none() && self.incoming.is_end_stream())
     }
 
     /// The client's size hint.
@@ -96,7 +103,10 @@ impl Source {
         if self.done {
             return Poll::Ready(None);
         }
-        let polled = Pin::new(&mut self.incoming).poll_frame(cx);
+        let polled = match self.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.incoming).poll_frame(cx),
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -125,7 +135,7 @@ impl Source {
             meter.counter.increment(self.read);
         }
         if let Some(tx) = self.ended.take() {
-            let _ = tx.send(());
+            let _ = tx.send(complete);
         }
         if let Some(tee) = self.tee.take() {
             if complete {
@@ -146,21 +156,23 @@ impl Drop for Source {
 }
 
 impl RequestBody {
-    /// The client's body, read once. For a body that is already complete (no body, as for
-    /// most GETs) the second value is `None` and nothing is allocated; otherwise it resolves
-    /// when the last frame has been read (or the body is dropped).
+    /// The client's body, read once (`first`: a frame already read from it). For a body
+    /// that is already complete (no body, as for most GETs) the second value is `None` and
+    /// nothing is allocated; otherwise it tells when the last frame has been read, or that
+    /// the body failed (see [`Source::new`]).
     pub fn new(
         incoming: Incoming,
+        first: Option<Frame<Bytes>>,
         tee: Option<tee::Sender>,
         meter: Option<BodyMeter>,
-    ) -> (Self, Option<oneshot::Receiver<()>>) {
-        if incoming.is_end_stream() {
+    ) -> (Self, Option<oneshot::Receiver<bool>>) {
+        if first.is_none() && incoming.is_end_stream() {
             if let Some(tee) = tee {
                 tee.finish();
             }
             return (RequestBody { kind: Kind::Empty }, None);
         }
-        let (source, done) = Source::new(incoming, tee, meter);
+        let (source, done) = Source::new(incoming, first, tee, meter);
         (
             RequestBody {
                 kind: Kind::Direct(source),

@@ -76,6 +76,20 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub control_plane_stale_grace_ms: u64,
 
+    /// With an `https://` --control-plane URL: the CA file (PEM) that Lightbulb's certificate
+    /// must chain to. Required for `https://` URLs; read again at every connection attempt.
+    #[arg(long, value_name = "FILE")]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// With --control-plane-ca: a client certificate (PEM) to present to Lightbulb (mTLS);
+    /// needs --control-plane-key.
+    #[arg(long, value_name = "FILE")]
+    pub control_plane_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --control-plane-cert.
+    #[arg(long, value_name = "FILE")]
+    pub control_plane_key: Option<PathBuf>,
+
     /// With --control-plane: the name sent in the Watch request, shown in Lightbulb's logs
     /// [default: HOSTNAME-PID].
     #[arg(long, value_name = "NAME")]
@@ -140,9 +154,58 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub header_read_timeout_ms: u64,
 
-    /// Most downstream connections open at once (split evenly across workers).
+    /// Most client connections open at once, across all workers. Past it a new connection
+    /// is accepted and closed at once (counted in `router_connections_refused_total`).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_connections: usize,
+
+    /// A connection with no request in progress and no bytes either way for this long is
+    /// closed, in milliseconds; 0 keeps idle connections open.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Largest request head (request line and header fields) in bytes, at least 8192;
+    /// past it: 431. For HTTP/2 the limit on the header list.
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_request_head_bytes: u32,
+
+    /// Most header fields in a request; past it: 431.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_request_headers: u32,
+
+    /// HTTP/2: most streams a client may have open at once on one connection.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// HTTP/2 reset-flood guard: most streams a client may open and reset before the
+    /// router takes them up; past it the connection ends with GOAWAY (ENHANCE_YOUR_CALM).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub http2_max_pending_resets: usize,
+
+    /// HTTP/2: most streams the router may reset for a client's protocol errors before
+    /// it ends the connection with GOAWAY (ENHANCE_YOUR_CALM).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub http2_max_error_resets: usize,
+
+    /// TLS on the listener: the certificate chain (PEM, leaf first). Re-read when it or
+    /// the key changes; connections already open keep theirs.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS on the listener: the private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With --tls-cert: refuse plain HTTP on --listen (by default the first byte of a
+    /// connection tells TLS from plain HTTP/1.1 and h2c, and both are served).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_only: bool,
+
+    /// With --tls-cert: a second address that serves TLS only.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub tls_listen: Option<SocketAddr>,
 
     /// Emit one access-log line per request (target `access`, level info).
     #[arg(long)]
@@ -156,8 +219,10 @@ pub struct Config {
     #[command(flatten)]
     pub otlp: service_runtime::otlp::OtlpArgs,
 
-    /// File holding the bearer token required by mutating admin calls. Required when the
-    /// admin API listens on a non-loopback address.
+    /// File holding the admin API's bearer token (compared in constant time): required by
+    /// `PUT /config`, and, when --admin is not a loopback address (the file is required
+    /// then), by every endpoint but `/healthz` and `/readyz`. A file others than its owner
+    /// can read is accepted with a warning.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 }

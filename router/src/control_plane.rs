@@ -16,6 +16,12 @@
 //! On an error or a disconnect it moves to the next URL after an exponential backoff with
 //! jitter ([`Backoff`]), capped, and reset once a snapshot arrives. `router_control_plane_connected`
 //! is 1 while a stream is open.
+//!
+//! An `https://` URL is reached over TLS (rustls, ALPN `h2`), trusting only the CA of
+//! `--control-plane-ca` (required for such a URL: [`check_tls`] refuses to start without it,
+//! never falling back to plaintext) and presenting `--control-plane-cert`/`--control-plane-key`
+//! when given (mTLS). The files are read again at every connection attempt, so a rotated CA
+//! or client certificate is picked up on the next reconnect.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +31,8 @@ use models_config::ValidRuleSet;
 use routing_proto::lightbulb::v1 as pb;
 use routing_proto::lightbulb::v1::routing_config_client::RoutingConfigClient;
 use tokio_util::sync::CancellationToken;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::{Config, Source};
 use crate::route::RouteTable;
@@ -40,8 +48,10 @@ const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 /// How [`follow`] reaches the control plane.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Lightbulb gRPC URLs (`http://HOST:PORT`), tried in turn.
+    /// Lightbulb gRPC URLs (`http://HOST:PORT` or `https://HOST:PORT`), tried in turn.
     pub urls: Vec<String>,
+    /// How `https://` URLs are trusted (`None`: no TLS files given).
+    pub tls: Option<TlsFiles>,
     /// Sent in every Watch request.
     pub node_id: String,
     /// Where the last applied snapshot is kept.
@@ -58,6 +68,16 @@ pub struct Settings {
     pub stale_grace: Duration,
 }
 
+/// The TLS files of an `https://` control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA Lightbulb's certificate must chain to (`--control-plane-ca`).
+    pub ca: PathBuf,
+    /// The client certificate and key presented for mTLS (`--control-plane-cert`,
+    /// `--control-plane-key`).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
 impl Settings {
     /// The settings given by the `--control-plane*`, `--snapshot-dir` and `--node-id` flags
     /// (no URLs in file mode).
@@ -67,8 +87,16 @@ impl Settings {
             Source::File(_) => Vec::new(),
         };
         let (backoff_initial, backoff_max) = config.control_plane_backoff();
+        let tls = config.control_plane_ca.clone().map(|ca| TlsFiles {
+            ca,
+            identity: config
+                .control_plane_cert
+                .clone()
+                .zip(config.control_plane_key.clone()),
+        });
         Settings {
             urls,
+            tls,
             node_id: config.node_id(),
             snapshot_dir: config.snapshot_dir.clone(),
             backoff_initial,
@@ -159,8 +187,11 @@ pub fn apply_snapshot(
         shared.set_source(ConfigSource::ControlPlane);
         return Ok(Applied::Unchanged);
     }
-    let table = shared.apply(rule_set, ConfigSource::ControlPlane);
-    Ok(Applied::Changed(table))
+    match shared.try_apply(rule_set, ConfigSource::ControlPlane) {
+        Ok(table) => Ok(Applied::Changed(table)),
+        // The table in force stays (counted as a failed reload by `try_apply`).
+        Err(e) => Err(SnapshotError::Parse(e)),
+    }
 }
 
 fn check(snapshot: &pb::RoutingSnapshot) -> Result<ValidRuleSet, SnapshotError> {
@@ -220,7 +251,7 @@ pub fn load_snapshot(dir: &Path) -> Option<ValidRuleSet> {
     }
 }
 
-/// Checks a `--control-plane` URL: `http://HOST:PORT` (TLS is not supported).
+/// Checks a `--control-plane` URL: `http://HOST:PORT` or `https://HOST:PORT`.
 ///
 /// # Errors
 ///
@@ -229,12 +260,93 @@ pub fn check_url(url: &str) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("--control-plane {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(format!(
-            "--control-plane {url:?}: expected http://HOST:PORT"
+            "--control-plane {url:?}: expected http://HOST:PORT or https://HOST:PORT"
         ));
     }
     Ok(())
+}
+
+/// Whether `url` is reached over TLS.
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// Checks the TLS flags against the `--control-plane` URLs at startup: an `https://` URL
+/// needs `--control-plane-ca` (there is no fallback to plaintext, nor to system roots);
+/// `--control-plane-cert` and `--control-plane-key` go together and need the CA; and the
+/// files must load (the key matching its certificate).
+///
+/// # Errors
+///
+/// A message naming the flag and, for a file, the file and what is wrong with it.
+pub fn check_tls(config: &Config) -> Result<(), String> {
+    let identity = match (&config.control_plane_cert, &config.control_plane_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(
+                "--control-plane-cert needs --control-plane-key FILE (its private key)".into(),
+            );
+        }
+        (None, Some(_)) => {
+            return Err(
+                "--control-plane-key needs --control-plane-cert FILE (the client certificate)"
+                    .into(),
+            );
+        }
+    };
+    let Some(ca) = &config.control_plane_ca else {
+        if let Some(url) = config.control_plane.iter().find(|url| is_https(url)) {
+            return Err(format!(
+                "--control-plane {url:?}: an https:// URL needs --control-plane-ca FILE (the CA that signed Lightbulb's certificate)"
+            ));
+        }
+        if identity.is_some() {
+            return Err("--control-plane-cert needs --control-plane-ca FILE".into());
+        }
+        return Ok(());
+    };
+    service_runtime::tls::client_config(ca, identity, &[b"h2"])
+        .map_err(|e| format!("--control-plane-ca/--control-plane-cert: {e}"))?;
+    if !config.control_plane.iter().any(|url| is_https(url)) {
+        tracing::warn!(
+            ca = %ca.display(),
+            "--control-plane-ca is unused: no --control-plane URL is https://"
+        );
+    }
+    Ok(())
+}
+
+/// The endpoint of `url`: over TLS for an `https://` URL, with the CA and client
+/// certificate read from their files now.
+fn endpoint(url: &str, settings: &Settings) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("invalid URL: {e}"))?
+        .connect_timeout(settings.connect_timeout)
+        .http2_keep_alive_interval(settings.keepalive)
+        .keep_alive_timeout(settings.keepalive)
+        .keep_alive_while_idle(true);
+    if !is_https(url) {
+        return Ok(endpoint);
+    }
+    // Checked at startup; the files may have gone since.
+    let files = settings
+        .tls
+        .as_ref()
+        .ok_or("an https:// URL needs --control-plane-ca")?;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&files.ca)?));
+    if let Some((cert, key)) = &files.identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| format!("TLS settings refused: {}", chain(&e)))
 }
 
 /// Exponential backoff with jitter: each delay is drawn from `[d/2, d]`, where `d` starts at
@@ -310,13 +422,9 @@ async fn watch(
     shared: &Arc<Shared>,
     backoff: &mut Backoff,
 ) -> String {
-    let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
-        Ok(e) => e
-            .connect_timeout(settings.connect_timeout)
-            .http2_keep_alive_interval(settings.keepalive)
-            .keep_alive_timeout(settings.keepalive)
-            .keep_alive_while_idle(true),
-        Err(e) => return format!("invalid URL: {e}"),
+    let endpoint = match endpoint(url, settings) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return e,
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,

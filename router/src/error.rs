@@ -63,21 +63,37 @@ pub enum ProxyError {
     /// A CONNECT request, or an HTTP/1.1 upgrade to a cluster that speaks only h2c.
     #[error("CONNECT is not supported, and an upgrade needs an http1 or auto cluster")]
     UpgradeNotSupported,
+    /// The TLS handshake with the endpoint failed (an untrusted or mismatched certificate,
+    /// a refused client certificate, no common protocol).
+    #[error("the TLS handshake with the model server failed")]
+    UpstreamTlsFailed,
+    /// An HTTP/1.1 request that could be read two ways (an absolute-form URI whose host
+    /// disagrees with `Host`), or a request body that failed (a malformed chunk, the
+    /// client gone): answered 400, connection closed.
+    #[error("the request's framing is ambiguous or malformed")]
+    MalformedRequest,
+    /// An HTTP/2 request with more header fields than `--max-request-headers` (HTTP/1.1
+    /// heads past the limits are refused by hyper itself, with the same status).
+    #[error("the request has too many header fields")]
+    HeadersTooLarge,
 }
 
 impl ProxyError {
     /// The HTTP status of the error response.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::MissingRoutingKey | ProxyError::InvalidTrafficClass => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::MissingRoutingKey
+            | ProxyError::InvalidTrafficClass
+            | ProxyError::MalformedRequest => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TenantNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::TenantOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownRoutingKey => StatusCode::NOT_FOUND,
-            ProxyError::UpstreamConnect | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect
+            | ProxyError::UpstreamProtocol
+            | ProxyError::UpstreamTlsFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoHealthyUpstream | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -101,13 +117,19 @@ impl ProxyError {
             ProxyError::Unauthenticated => "unauthenticated",
             ProxyError::InvalidTrafficClass => "invalid_traffic_class",
             ProxyError::UpgradeNotSupported => "upgrade_not_supported",
+            ProxyError::UpstreamTlsFailed => "upstream_tls_failed",
+            ProxyError::MalformedRequest => "malformed_request",
+            ProxyError::HeadersTooLarge => "request_headers_too_large",
         }
     }
 
     /// The gRPC status code used for gRPC requests.
     pub fn grpc_status(self) -> u8 {
         match self {
-            ProxyError::MissingRoutingKey | ProxyError::InvalidTrafficClass => 3, // INVALID_ARGUMENT
+            ProxyError::MissingRoutingKey
+            | ProxyError::InvalidTrafficClass
+            | ProxyError::MalformedRequest => 3, // INVALID_ARGUMENT
+            ProxyError::HeadersTooLarge => 8,  // RESOURCE_EXHAUSTED
             ProxyError::TenantNotAllowed => 7, // PERMISSION_DENIED
             ProxyError::Unauthenticated => 16, // UNAUTHENTICATED
             ProxyError::RateLimited(_) => 8,   // RESOURCE_EXHAUSTED
@@ -117,6 +139,7 @@ impl ProxyError {
             ProxyError::UpgradeNotSupported => 12, // UNIMPLEMENTED
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamProtocol
+            | ProxyError::UpstreamTlsFailed
             | ProxyError::NoHealthyUpstream
             | ProxyError::Overloaded => 14, // UNAVAILABLE
         }
@@ -130,7 +153,9 @@ impl ProxyError {
             | ProxyError::InvalidTrafficClass
             | ProxyError::TenantNotAllowed
             | ProxyError::Unauthenticated
-            | ProxyError::UpgradeNotSupported => Fault::Downstream,
+            | ProxyError::UpgradeNotSupported
+            | ProxyError::MalformedRequest
+            | ProxyError::HeadersTooLarge => Fault::Downstream,
             ProxyError::Overloaded | ProxyError::TenantOverloaded | ProxyError::RateLimited(_) => {
                 Fault::Internal
             }

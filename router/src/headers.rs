@@ -191,10 +191,34 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// What the proxy refuses in a parsed head before routing it: an HTTP/1.1 absolute-form
+/// target whose authority disagrees with `Host` (two parsers could pick different hosts:
+/// `400`), and an HTTP/2 request with more than `max_headers` header fields (`431`; hyper
+/// counts HTTP/1.1 fields itself). Costs two comparisons for a request with neither.
+#[inline]
+pub fn head_problem<B>(req: &Request<B>, max_headers: usize) -> Option<crate::error::ProxyError> {
+    use crate::error::ProxyError;
+    if req.version() >= Version::HTTP_2 {
+        return (req.headers().len() > max_headers).then_some(ProxyError::HeadersTooLarge);
+    }
+    let authority = req.uri().authority()?;
+    match req.headers().get(HOST) {
+        Some(host)
+            if !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+        {
+            Some(ProxyError::MalformedRequest)
+        }
+        _ => None,
+    }
+}
+
 /// Puts the URI (and `Host`) in the form the upstream protocol wants: origin-form plus a
-/// `Host` header for HTTP/1.1, absolute-form (`:scheme` and `:authority`) for HTTP/2. The
+/// `Host` header for HTTP/1.1, absolute-form (`:scheme` `http`, or `https` over TLS, and
+/// `:authority`) for HTTP/2. The
 /// client's own authority is kept when it sent one; every part is a cheap `Bytes` clone.
-pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool) {
+pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool, tls: bool) {
     let path = req
         .uri()
         .path_and_query()
@@ -207,7 +231,7 @@ pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool) {
     });
     if h2 {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(client_authority.unwrap_or_else(|| endpoint.clone()));
         parts.path_and_query = Some(path);
         *req.uri_mut() =

@@ -12,8 +12,17 @@
 //! Probers belong to the host, not to a table: a table swap that keeps the address and the
 //! check keeps the prober and its state; a changed check restarts the prober (the state
 //! stays); a host no table checks any more stops being probed and becomes `unknown`.
+//!
+//! A probe reaches the endpoint the way requests do: over TLS with the pool's settings
+//! when its cluster has `tls` (ALPN `h2` for `http2` clusters and gRPC checks, both for
+//! `auto`, `http/1.1` otherwise), on a connection of its own that is opened again when the
+//! endpoint's TLS trust changes.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +31,6 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use models_config::spec::HealthCheckSpec;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
@@ -35,6 +43,8 @@ use crate::host::{
 use crate::metrics;
 use crate::outlier::unix_ms;
 use crate::rng;
+use crate::upstream::tls::{Alpn, TlsIo, UpstreamTls};
+use crate::upstream::{self, Pool};
 
 /// Largest health-check response body read before the connection is dropped.
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -171,6 +181,7 @@ impl Prober {
         let interval = Duration::from_millis(spec.interval_ms);
         let timeout = Duration::from_millis(spec.timeout_ms());
         let mut conn = Conn::None;
+        let mut tls_epoch = None;
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -178,6 +189,11 @@ impl Prober {
             let Some(host) = self.host.upgrade() else {
                 return;
             };
+            // A connection verified with other TLS trust is not used again.
+            let epoch = host.pool.tls_epoch();
+            if tls_epoch.replace(epoch).is_some_and(|seen| seen != epoch) {
+                conn = Conn::None;
+            }
             let started = Instant::now();
             let result =
                 match tokio::time::timeout(timeout, probe(&mut conn, &host, &self.key)).await {
@@ -256,7 +272,7 @@ fn record(
 }
 
 /// One probe: `Ok` with what was seen when healthy, `Err` with what was seen otherwise.
-async fn probe(conn: &mut Conn, host: &Host, key: &ProbeKey) -> Result<String, String> {
+async fn probe(conn: &mut Conn, host: &Arc<Host>, key: &ProbeKey) -> Result<String, String> {
     match &key.spec.grpc_service {
         Some(service) => probe_grpc(conn, host, service).await,
         None => probe_http(conn, host, key).await,
@@ -291,8 +307,13 @@ async fn probe_http(conn: &mut Conn, host: &Host, key: &ProbeKey) -> Result<Stri
             sender.send_request(req).await
         }
         Conn::H2(sender) => {
+            let scheme = if host.pool.tls().is_some() {
+                "https"
+            } else {
+                "http"
+            };
             *req.uri_mut() = Uri::builder()
-                .scheme("http")
+                .scheme(scheme)
                 .authority(host.authority.clone())
                 .path_and_query(path)
                 .build()
@@ -336,12 +357,19 @@ fn status_ok(spec: &HealthCheckSpec, status: StatusCode) -> bool {
     }
 }
 
-async fn probe_grpc(conn: &mut Conn, host: &Host, service: &str) -> Result<String, String> {
+async fn probe_grpc(conn: &mut Conn, host: &Arc<Host>, service: &str) -> Result<String, String> {
     if !matches!(conn, Conn::Grpc(_)) {
         let endpoint =
             tonic::transport::Endpoint::from_shared(format!("http://{}", host.authority))
                 .map_err(|e| format!("invalid endpoint: {e}"))?;
-        *conn = Conn::Grpc(HealthClient::new(endpoint.connect_lazy()));
+        let channel = match host.pool.tls() {
+            None => endpoint.connect_lazy(),
+            // The channel dials through the pool's TLS (read at each dial), offering h2.
+            Some(_) => endpoint.connect_with_connector_lazy(TlsConnect {
+                host: Arc::downgrade(host),
+            }),
+        };
+        *conn = Conn::Grpc(HealthClient::new(channel));
     }
     let Conn::Grpc(client) = conn else {
         unreachable!("set just above");
@@ -360,14 +388,42 @@ async fn probe_grpc(conn: &mut Conn, host: &Host, service: &str) -> Result<Strin
     }
 }
 
+/// Opens a probe connection to `host`, over TLS when its pool has TLS (for an `auto`
+/// cluster, in the version the endpoint picks).
 async fn connect(host: &Host, h2: bool) -> Result<Conn, String> {
-    let stream = match host.pool.socket() {
-        Some(addr) => TcpStream::connect(addr).await,
-        None => TcpStream::connect(&*host.address).await,
+    let stream = upstream::connect_tcp(&host.address, host.pool.socket())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    match host.pool.tls() {
+        None => handshake(TokioIo::new(stream), h2).await,
+        Some(tls) => {
+            let alpn = probe_alpn(&tls, h2);
+            let established = tls
+                .handshake(stream, alpn)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            let h2 = established.h2.unwrap_or(h2);
+            handshake(TokioIo::new(established.io), h2).await
+        }
     }
-    .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+}
+
+/// What a probe offers by ALPN: its own version, or both for an `auto` cluster.
+fn probe_alpn(tls: &UpstreamTls, h2: bool) -> Alpn {
+    if h2 {
+        Alpn::Http2
+    } else if tls.is_auto() {
+        Alpn::Either
+    } else {
+        Alpn::Http1
+    }
+}
+
+/// The HTTP handshake of a probe connection, its driver spawned.
+async fn handshake<T>(io: T, h2: bool) -> Result<Conn, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     if h2 {
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -388,6 +444,51 @@ async fn connect(host: &Host, h2: bool) -> Result<Conn, String> {
         });
         Ok(Conn::H1(sender))
     }
+}
+
+/// The gRPC probe's connector to a TLS endpoint: TCP, then the handshake with the pool's
+/// settings in force at that moment (ALPN `h2`).
+#[derive(Debug, Clone)]
+struct TlsConnect {
+    host: Weak<Host>,
+}
+
+/// What a [`TlsConnect`] dial yields.
+type TlsDial = Pin<Box<dyn Future<Output = io::Result<TokioIo<TlsIo>>> + Send>>;
+
+impl tonic::codegen::Service<Uri> for TlsConnect {
+    type Response = TokioIo<TlsIo>;
+    type Error = io::Error;
+    type Future = TlsDial;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let host = self.host.clone();
+        Box::pin(async move {
+            let host = host
+                .upgrade()
+                .ok_or_else(|| io::Error::other("the endpoint is no longer configured"))?;
+            let (address, socket, tls) = dial_parts(&host.address, &host.pool)?;
+            drop(host);
+            let stream = upstream::connect_tcp(&address, socket).await?;
+            let established = tls.handshake(stream, Alpn::Http2).await?;
+            Ok(TokioIo::new(established.io))
+        })
+    }
+}
+
+/// What a dial to a pool's endpoint needs, owned.
+fn dial_parts(
+    address: &Arc<str>,
+    pool: &Pool,
+) -> io::Result<(Arc<str>, Option<std::net::SocketAddr>, Arc<UpstreamTls>)> {
+    let tls = pool
+        .tls()
+        .ok_or_else(|| io::Error::other("the endpoint has no TLS settings any more"))?;
+    Ok((Arc::clone(address), pool.socket(), tls))
 }
 
 fn lock(state: &HealthState) -> std::sync::MutexGuard<'_, HealthDetail> {

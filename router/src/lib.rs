@@ -23,6 +23,7 @@ pub mod body;
 pub mod config;
 pub mod control_plane;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod health;
 pub mod host;
@@ -53,6 +54,8 @@ use std::time::Duration;
 use http::HeaderName;
 use metrics_exporter_prometheus::PrometheusHandle;
 use service_runtime::otlp::Tracer;
+use service_runtime::secret::Token;
+use service_runtime::tls::ReloadingCert;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -103,7 +106,11 @@ pub struct Router {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
     metrics: PrometheusHandle,
-    admin_token: Option<Arc<str>>,
+    admin_token: Option<Arc<Token>>,
+    /// The listener's certificate, when it serves TLS.
+    tls_cert: Option<Arc<ReloadingCert>>,
+    /// The `--tls-listen` sockets, one per worker.
+    tls_listeners: Vec<std::net::TcpListener>,
     /// Runs the admin API, the config watcher and the shutdown signal.
     control: tokio::runtime::Runtime,
 }
@@ -133,17 +140,9 @@ impl Router {
         })?;
         let admin_token = match &config.admin_token_file {
             Some(path) => {
-                let token = std::fs::read_to_string(path).map_err(|e| {
-                    StartError::Flag(format!("--admin-token-file {}: {e}", path.display()))
-                })?;
-                let token = token.trim();
-                if token.is_empty() {
-                    return Err(StartError::Flag(format!(
-                        "--admin-token-file {}: the file is empty",
-                        path.display()
-                    )));
-                }
-                Some(Arc::from(token))
+                Some(Arc::new(Token::from_file(path).map_err(|e| {
+                    StartError::Flag(format!("--admin-token-file: {e}"))
+                })?))
             }
             None if !config.admin.ip().is_loopback() => {
                 return Err(StartError::Flag(format!(
@@ -152,6 +151,14 @@ impl Router {
                 )));
             }
             None => None,
+        };
+        let tls_cert = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let reloading = ReloadingCert::load(cert, key)
+                    .map_err(|e| StartError::Flag(format!("--tls-cert/--tls-key: {e}")))?;
+                Some(reloading)
+            }
+            _ => None,
         };
         let tenant_header = HeaderName::from_bytes(
             config.tenant_header.to_ascii_lowercase().as_bytes(),
@@ -191,6 +198,7 @@ impl Router {
             identity,
             tracer,
             workers,
+            max_request_headers: config.max_request_headers as usize,
         };
         let shared = match config.source() {
             Source::File(path) => {
@@ -198,7 +206,12 @@ impl Router {
                     path: path.display().to_string(),
                     source,
                 })?;
-                Shared::new(rule_set, ConfigSource::File, settings)
+                Shared::try_new(rule_set, ConfigSource::File, settings).map_err(|source| {
+                    StartError::Config {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?
             }
             Source::ControlPlane(urls) => {
                 if urls.is_empty() {
@@ -209,6 +222,7 @@ impl Router {
                 for url in urls {
                     control_plane::check_url(url).map_err(StartError::Flag)?;
                 }
+                control_plane::check_tls(&config).map_err(StartError::Flag)?;
                 std::fs::create_dir_all(&config.snapshot_dir).map_err(|e| {
                     StartError::Flag(format!(
                         "--snapshot-dir {}: {e}",
@@ -225,6 +239,11 @@ impl Router {
                 source,
             })?;
         let proxy_addr = proxy_listeners[0].local_addr()?;
+        let tls_listeners = match config.tls_listen {
+            Some(addr) => server::bind_reuseport(addr, workers)
+                .map_err(|source| StartError::Bind { addr, source })?,
+            None => Vec::new(),
+        };
         let admin_listener =
             std::net::TcpListener::bind(config.admin).map_err(|source| StartError::Bind {
                 addr: config.admin,
@@ -241,6 +260,8 @@ impl Router {
             admin_addr,
             metrics,
             admin_token,
+            tls_cert,
+            tls_listeners,
             control,
         })
     }
@@ -259,6 +280,11 @@ impl Router {
     /// The address the admin API listens on.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The `--tls-listen` address, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listeners.first().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, drains in-flight requests up
@@ -284,6 +310,8 @@ impl Router {
             admin_listener,
             metrics,
             admin_token,
+            tls_cert,
+            tls_listeners,
             control,
             ..
         } = self;
@@ -292,16 +320,48 @@ impl Router {
             header_read_timeout: (config.header_read_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.header_read_timeout_ms)),
             drain_timeout: config.drain_timeout(),
-            max_connections: config.max_connections.div_ceil(proxy_listeners.len()),
+            idle_timeout: (config.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.idle_timeout_ms)),
+            max_head_bytes: config.max_request_head_bytes,
+            max_headers: config.max_request_headers,
+            http2_max_streams: config.http2_max_concurrent_streams,
+            http2_max_pending_resets: config.http2_max_pending_resets,
+            http2_max_error_resets: config.http2_max_error_resets,
         };
+        let acceptor = match &tls_cert {
+            Some(cert) => {
+                cert.watch()?;
+                let tls = service_runtime::tls::server_config(
+                    Arc::clone(cert),
+                    &service_runtime::tls::ALPN_H2_HTTP1,
+                )
+                .map_err(|e| StartError::Flag(e.to_string()))?;
+                Some(tokio_rustls::TlsAcceptor::from(tls))
+            }
+            None => None,
+        };
+        let main_mode = match (&acceptor, config.tls_only) {
+            (None, _) => server::Mode::Plain,
+            (Some(_), false) => server::Mode::Sniff,
+            (Some(_), true) => server::Mode::Tls,
+        };
+        let limit = server::ConnectionLimit::new(config.max_connections);
+        let mut tls_listeners = tls_listeners.into_iter();
         let mut workers = Vec::with_capacity(proxy_listeners.len());
         for (index, listener) in proxy_listeners.into_iter().enumerate() {
+            let listeners = server::WorkerListeners {
+                main: listener,
+                main_mode,
+                tls: tls_listeners.next(),
+                acceptor: acceptor.clone(),
+            };
             workers.push(server::spawn_worker(
                 index,
-                listener,
+                listeners,
                 Arc::clone(&shared),
                 stop_proxy.clone(),
                 options,
+                Arc::clone(&limit),
             )?);
         }
         control.block_on(async move {
@@ -355,6 +415,7 @@ impl Router {
                 shared: Arc::clone(&shared),
                 metrics,
                 token: admin_token,
+                token_everywhere: !config.admin.ip().is_loopback(),
             });
             let admin_server = match tokio::net::TcpListener::from_std(admin_listener) {
                 Ok(listener) => {

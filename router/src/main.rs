@@ -57,8 +57,12 @@ fn main() -> ExitCode {
         }
     };
     let (proxy, admin) = (router.proxy_addr(), router.admin_addr());
+    let tls = router
+        .tls_addr()
+        .map(|addr| format!(" tls={addr}"))
+        .unwrap_or_default();
     let announce = move || {
-        println!("router listening proxy={proxy} admin={admin}");
+        println!("router listening proxy={proxy} admin={admin}{tls}");
         let _ = std::io::stdout().flush();
     };
     match router.run(shutdown.wait(), announce) {

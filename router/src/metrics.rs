@@ -97,6 +97,9 @@ pub const TENANT_REQUESTS_TOTAL: &str = "router_tenant_requests_total";
 /// without one) and reason (`not_allowed`, `rate_limited`, `max_concurrent`).
 pub const TENANT_REFUSED_TOTAL: &str = "router_tenant_refused_total";
 
+/// Client connections closed at once because `--max-connections` were open.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "router_connections_refused_total";
+
 /// Histogram buckets for request durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -208,6 +211,10 @@ pub fn describe() {
         TENANT_REFUSED_TOTAL,
         "Requests refused for their tenant, by reason"
     );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Client connections closed at once because --max-connections were open"
+    );
     metrics::describe_counter!(MIRROR_REQUESTS_TOTAL, "Requests copied to a route's mirror");
     metrics::describe_counter!(MIRROR_DROPPED_TOTAL, "Mirror copies dropped, by reason");
     metrics::describe_counter!(MIRROR_FAILED_TOTAL, "Mirror copies that failed");
@@ -215,6 +222,11 @@ pub fn describe() {
         MIRROR_STATUS_MATCH_TOTAL,
         "Mirror answers whose status matched the primary's, or not"
     );
+}
+
+/// Counts a connection closed at once for `--max-connections`.
+pub fn connection_refused() {
+    metrics::counter!(CONNECTIONS_REFUSED_TOTAL).increment(1);
 }
 
 /// Records a retry not made on `route` for `reason`.

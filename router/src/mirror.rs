@@ -207,7 +207,7 @@ async fn run(
         Protocol::Http2 => true,
         Protocol::Auto => req.version() == Version::HTTP_2,
     };
-    headers::prepare_uri(&mut req, &host.authority, h2);
+    headers::prepare_uri(&mut req, &host.authority, h2, cluster.tls);
     let limit = cluster.request_timeout.min(MAX_MIRROR_TIME);
     let exchange = async {
         let resp = if h2 {

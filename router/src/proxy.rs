@@ -27,9 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::CONNECTION;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use models_config::spec::Protocol;
@@ -39,6 +40,7 @@ use tokio::sync::oneshot;
 use crate::body::replay::Replayer;
 use crate::body::{BodyMeter, Finish, RequestBody, Source, UpstreamBody};
 use crate::error::ProxyError;
+use crate::framing::Activity;
 use crate::headers;
 use crate::headers::{SavedHeaders, TrafficClass};
 use crate::host::InFlight;
@@ -297,17 +299,36 @@ pub struct Proxy {
     remote: SocketAddr,
     /// The client address as an `x-forwarded-for` value, formatted once per connection.
     forwarded_for: HeaderValue,
+    /// The connection's activity, for its idle timeout (`None`: no timeout).
+    activity: Option<Arc<Activity>>,
 }
 
 impl Proxy {
-    /// A service for a connection from `remote`.
-    pub fn new(shared: Arc<Shared>, remote: SocketAddr) -> Self {
+    /// A service for a connection from `remote`, counting its requests in `activity`.
+    pub fn new(shared: Arc<Shared>, remote: SocketAddr, activity: Option<Arc<Activity>>) -> Self {
         let forwarded_for = headers::forwarded_for_value(remote.ip());
         Proxy {
             shared,
             remote,
             forwarded_for,
+            activity,
         }
+    }
+}
+
+/// A request waiting for its answer, counted on its connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn enter(activity: &Arc<Activity>) -> Self {
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -318,7 +339,10 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let conn = self.clone();
-        Box::pin(async move { Ok(handle(&conn, req).await) })
+        Box::pin(async move {
+            let _busy = conn.activity.as_ref().map(Busy::enter);
+            Ok(handle(&conn, req).await)
+        })
     }
 }
 
@@ -331,6 +355,14 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
     let grpc = headers::is_grpc(req.headers());
     let mut span = RequestSpan::start(shared.settings.tracer.as_ref(), &req);
     let mut req = req;
+
+    // 0: framing. HTTP/1.1 heads were checked below hyper (see `framing`); here what
+    // needs the parsed head: an absolute-form target naming another host than `Host`,
+    // and an HTTP/2 header count past the limit.
+    if let Some(err) = headers::head_problem(&req, shared.settings.max_request_headers) {
+        let version = shared.table.load().served_by_version.clone();
+        return unrouted(conn, err, None, &req, (grpc, start, span), version.as_ref());
+    }
 
     // 0: identity, before anything reads the request: the token verified, its claims
     // written over the headers they map to.
@@ -423,8 +455,27 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             let err = ProxyError::UpgradeNotSupported;
             (&route.targets[0], Err(err), complete, None, None, None)
         }
-        Ok(tenant_permit) => {
-            let (mut parts, body) = req.into_parts();
+        Ok(tenant_permit) => 'forward: {
+            let (mut parts, mut body) = req.into_parts();
+            // An HTTP/1.1 chunked body: its first chunk is read before anything goes
+            // upstream, so that a malformed one is refused with nothing forwarded.
+            let first = if parts.version < Version::HTTP_2
+                && !body.is_end_stream()
+                && body.size_hint().exact().is_none()
+            {
+                match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                    Some(Ok(frame)) => Some(frame),
+                    None => None,
+                    Some(Err(e)) => {
+                        tracing::debug!(client = %remote, error = %e, "request body refused");
+                        let err = ProxyError::MalformedRequest;
+                        break 'forward (&route.targets[0], Err(err), false, None, None, None);
+                    }
+                }
+            } else {
+                None
+            };
+            let has_body = first.is_some() || !body.is_end_stream();
             let asked = headers::strip_hop_by_hop(&mut parts.headers, true);
             if asked.is_some() {
                 upgrade = upgrade::requested(
@@ -447,7 +498,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                     .headers
                     .insert(otlp::TRACEPARENT, span.start.traceparent());
             }
-            if shared.settings.access_log && !body.is_end_stream() {
+            if shared.settings.access_log && has_body {
                 bytes_in = Some(Arc::new(AtomicU64::new(0)));
             }
 
@@ -469,23 +520,27 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                         parts.version,
                         &parts.headers,
                         body.size_hint(),
-                        !body.is_end_stream(),
+                        has_body,
                     )
                 }
                 _ => None,
             };
             let tee = mirrored.as_mut().and_then(|m| m.tee.take());
-            let (out, upload_done) = Outgoing::new(&route, parts, body, tee, bytes_in.clone());
+            let (out, upload_done) =
+                Outgoing::new(&route, parts, (body, first), tee, bytes_in.clone());
 
             // 4: admission, pick and forward on each cluster, along the fallback chain. The
             // route timeout covers connect attempts, fallbacks and the wait for response
             // headers, and starts once the request body has been read: a client still
             // uploading is not a slow model server.
             let deadline = pin!(async {
-                if let Some(done) = upload_done {
-                    let _ = done.await;
+                if let Some(done) = upload_done
+                    && done.await == Ok(false)
+                {
+                    return Deadline::ClientBodyFailed;
                 }
                 tokio::time::sleep(route.timeout).await;
+                Deadline::Elapsed
             });
             let (served_by, result, complete) = forward(
                 &route,
@@ -567,7 +622,8 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             own_error = Some(err);
             tracing::debug!(route = %route.key, cluster = %served_by.cluster.name, error = %err, code = err.as_label(), "request failed");
             let mut resp = err.into_response(Some(route.key.as_bytes()), grpc);
-            close_if_body_unread(&mut resp, downstream_version, body_complete);
+            let complete = body_complete && err != ProxyError::MalformedRequest;
+            close_if_body_unread(&mut resp, downstream_version, complete);
             if let Some(value) = &served_by.cluster.served_by_cluster {
                 resp.headers_mut().insert(headers::SERVED_BY, value.clone());
             }
@@ -648,7 +704,9 @@ fn unrouted(
     served_by: Option<&HeaderValue>,
 ) -> Response<ProxyBody> {
     let mut resp = err.into_response(key, grpc);
-    close_if_body_unread(&mut resp, req.version(), req.body().is_end_stream());
+    // A malformed request ends its connection: what follows it cannot be trusted.
+    let complete = req.body().is_end_stream() && err != ProxyError::MalformedRequest;
+    close_if_body_unread(&mut resp, req.version(), complete);
     if let Some(value) = served_by {
         resp.headers_mut().insert(headers::SERVED_BY, value.clone());
     }
@@ -733,28 +791,29 @@ impl Outgoing {
     fn new(
         route: &Route,
         parts: http::request::Parts,
-        body: Incoming,
+        (body, first): (Incoming, Option<Frame<Bytes>>),
         tee: Option<crate::body::tee::Sender>,
         tally: Option<Arc<AtomicU64>>,
-    ) -> (Self, Option<oneshot::Receiver<()>>) {
+    ) -> (Self, Option<oneshot::Receiver<bool>>) {
+        let empty = first.is_none() && body.is_end_stream();
         let meter = |route: &Route| BodyMeter {
             counter: route.request_meter(),
             tally,
         };
         match &route.retry {
             None => {
-                let meter = (!body.is_end_stream()).then(|| meter(route));
-                let (body, done) = RequestBody::new(body, tee, meter);
+                let meter = (!empty).then(|| meter(route));
+                let (body, done) = RequestBody::new(body, first, tee, meter);
                 (Outgoing::Once(Some(Request::from_parts(parts, body))), done)
             }
             Some(policy) => {
-                let (replayer, done) = if body.is_end_stream() {
+                let (replayer, done) = if empty {
                     if let Some(tee) = tee {
                         tee.finish();
                     }
                     (None, None)
                 } else {
-                    let (source, done) = Source::new(body, tee, Some(meter(route)));
+                    let (source, done) = Source::new(body, first, tee, Some(meter(route)));
                     (Some(Replayer::new(source, policy.replay_cap)), Some(done))
                 };
                 let out = Outgoing::Replay {
@@ -866,7 +925,7 @@ impl Outgoing {
 
 /// Sends the request to `target`, then along the route's fallback chain while a cluster
 /// could not take it, all within `deadline`.
-async fn forward<'r, D: Future<Output = ()>>(
+async fn forward<'r, D: Future<Output = Deadline>>(
     route: &'r Route,
     target: &'r RouteTarget,
     fallbacks: &'r [RouteTarget],
@@ -892,7 +951,7 @@ async fn forward<'r, D: Future<Output = ()>>(
 
 /// Tries each fallback cluster in turn (never the one just tried). When none takes the
 /// request, the answer is why the last one could not.
-async fn fall_back<'r, D: Future<Output = ()>>(
+async fn fall_back<'r, D: Future<Output = Deadline>>(
     route: &'r Route,
     first: &'r RouteTarget,
     fallbacks: &'r [RouteTarget],
@@ -917,6 +976,32 @@ async fn fall_back<'r, D: Future<Output = ()>>(
     (last, Err(why), out.is_complete())
 }
 
+/// Why the route deadline future ended a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The route timeout passed after the upload ended.
+    Elapsed,
+    /// The client's body failed (malformed chunk, or the client went away).
+    ClientBodyFailed,
+}
+
+impl Deadline {
+    /// The answer, counting a timeout against the endpoint tried.
+    fn answer(self, target: &RouteTarget, endpoint: usize) -> ProxyError {
+        if self == Deadline::Elapsed {
+            observe(target, endpoint, Outcome::GatewayFailure);
+        }
+        self.timeout_or_client()
+    }
+
+    fn timeout_or_client(self) -> ProxyError {
+        match self {
+            Deadline::Elapsed => ProxyError::UpstreamTimeout,
+            Deadline::ClientBodyFailed => ProxyError::MalformedRequest,
+        }
+    }
+}
+
 enum Failure {
     /// The cluster could not take the request (no eligible endpoint, overloaded, or no
     /// endpoint accepted a connection); nothing was sent, and the request can go on.
@@ -927,15 +1012,18 @@ enum Failure {
 
 /// How one try ended, when it did not end with an answer to pass on.
 enum TryFailed {
-    Connect,
-    Reset,
+    /// Nothing was sent: `UpstreamConnect`, or `UpstreamTlsFailed` for a failed handshake.
+    Connect(ProxyError),
+    /// The exchange broke before response headers: `UpstreamProtocol`, or
+    /// `UpstreamTlsFailed` when a TLS 1.3 endpoint refused the client certificate then.
+    Reset(ProxyError),
     Timeout,
 }
 
 /// Admission, pick and forward on one cluster: tries on eligible endpoints, a failed one
 /// avoided by the next, up to the route's retry policy (without one, a connect failure
 /// still moves once to another endpoint).
-async fn send_to_cluster<D: Future<Output = ()>>(
+async fn send_to_cluster<D: Future<Output = Deadline>>(
     route: &Route,
     target: &RouteTarget,
     out: &mut Outgoing,
@@ -988,7 +1076,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         tries += 1;
         let host = &cluster.endpoints[i];
         let in_flight = InFlight::start(host, permit.take());
-        headers::prepare_uri(&mut req, &host.authority, use_h2);
+        headers::prepare_uri(&mut req, &host.authority, use_h2, cluster.tls);
         let pending = cluster
             .breaker
             .as_ref()
@@ -1018,10 +1106,7 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         let sent = tokio::select! {
             biased;
             sent = send => Some(sent),
-            () = &mut deadline => {
-                observe(target, i, Outcome::GatewayFailure);
-                return Err(Failure::Answered(ProxyError::UpstreamTimeout));
-            }
+            why = &mut deadline => return Err(Failure::Answered(why.answer(target, i))),
             () = per_try => None,
         };
         drop(retry_permit.take());
@@ -1052,14 +1137,31 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                 }
             }
             Some(Err(SendError::Exchange(e))) => {
+                // The client's body failing fails the exchange too: then it is the client's.
+                if let Some(why) = deadline.as_mut().now_or_never() {
+                    return Err(Failure::Answered(why.answer(target, i)));
+                }
                 tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "upstream exchange failed");
-                TryFailed::Reset
+                TryFailed::Reset(ProxyError::UpstreamProtocol)
             }
             Some(Err(SendError::Connect(e, back))) => {
                 tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "connect failed");
                 target.metrics.connect_failed();
                 out.give_back(*back);
-                TryFailed::Connect
+                TryFailed::Connect(ProxyError::UpstreamConnect)
+            }
+            // Logged at warn by the pool (cluster, endpoint, rustls's reason); counted and
+            // retried like a connect failure.
+            Some(Err(SendError::Tls(e, back))) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %host.address, error = %e, "upstream TLS failed");
+                target.metrics.connect_failed();
+                match back {
+                    Some(back) => {
+                        out.give_back(*back);
+                        TryFailed::Connect(ProxyError::UpstreamTlsFailed)
+                    }
+                    None => TryFailed::Reset(ProxyError::UpstreamTlsFailed),
+                }
             }
             Some(Err(SendError::Overloaded(back))) => {
                 if let Some(breaker) = &cluster.breaker {
@@ -1077,8 +1179,8 @@ async fn send_to_cluster<D: Future<Output = ()>>(
         permit = in_flight.release();
         exclude = Some(i);
         let (policy_retries, answer) = match failed {
-            TryFailed::Connect => {
-                why = ProxyError::UpstreamConnect;
+            TryFailed::Connect(err) => {
+                why = err;
                 // Nothing was sent: one more endpoint is always tried.
                 out.restore_headers();
                 if std::mem::take(&mut free_connect_retry)
@@ -1092,13 +1194,10 @@ async fn send_to_cluster<D: Future<Output = ()>>(
                 }
                 (
                     policy.is_some_and(|p| p.connect_failure),
-                    Failure::Skipped(ProxyError::UpstreamConnect),
+                    Failure::Skipped(err),
                 )
             }
-            TryFailed::Reset => (
-                policy.is_some_and(|p| p.reset),
-                Failure::Answered(ProxyError::UpstreamProtocol),
-            ),
+            TryFailed::Reset(err) => (policy.is_some_and(|p| p.reset), Failure::Answered(err)),
             TryFailed::Timeout => (
                 policy.is_some_and(|p| p.timeout),
                 Failure::Answered(ProxyError::UpstreamTimeout),
@@ -1155,7 +1254,7 @@ fn retry_allowed(route: &Route, cluster: &Cluster, out: &Outgoing) -> Option<Ret
 }
 
 /// Waits before retry number `tries`, within the route deadline.
-async fn backoff<D: Future<Output = ()>>(
+async fn backoff<D: Future<Output = Deadline>>(
     target: &RouteTarget,
     policy: Option<&RetryPolicy>,
     tries: u32,
@@ -1169,7 +1268,7 @@ async fn backoff<D: Future<Output = ()>>(
     tokio::select! {
         biased;
         () = tokio::time::sleep(wait) => Ok(()),
-        () = deadline => Err(Failure::Answered(ProxyError::UpstreamTimeout)),
+        why = deadline => Err(Failure::Answered(why.timeout_or_client())),
     }
 }
 

@@ -4,9 +4,10 @@
 //! one `ArcSwap::store`. Requests read it through a snapshot guard that they drop before any
 //! `.await`. Everything a request needs is precomputed here: the balancer's schedule or hash
 //! ring, split weights, timeouts, which endpoint flags make an endpoint ineligible, the
-//! circuit-breaker limits and the outlier policy. The endpoints themselves are the
-//! [`Host`]s of the [`HostRegistry`]: their pools, in-flight counts, health and ejections
-//! carry over from one table to the next.
+//! circuit-breaker limits, the outlier policy and the TLS configurations (their files are
+//! read here, once per build, and a file that cannot be loaded fails the build). The
+//! endpoints themselves are the [`Host`]s of the [`HostRegistry`]: their pools, in-flight
+//! counts, health and ejections carry over from one table to the next.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use metrics::Counter;
 use models_config::spec::{CircuitBreakerSpec, HealthCheckSpec, LbPolicy, Protocol};
-use models_config::{ValidRuleSet, allocation};
+use models_config::{ConfigError, ValidRuleSet, allocation};
 
 use crate::balance::Balancer;
 use crate::health::{self, ProbeSpawner};
@@ -30,6 +31,7 @@ use crate::retry::RetryPolicy;
 use crate::rng;
 use crate::tenant::Tenant;
 use crate::upstream::PendingLimit;
+use crate::upstream::tls::{self, UpstreamTls};
 
 /// A set of interchangeable endpoints and how to reach them.
 #[derive(Debug)]
@@ -66,6 +68,8 @@ pub struct Cluster {
     pub served_by: Option<Box<[HeaderValue]>>,
     /// `x-served-by` of the router's own answers for this cluster, when attribution is on.
     pub served_by_cluster: Option<HeaderValue>,
+    /// Whether the endpoints are reached over TLS (the `tls` block).
+    pub tls: bool,
 }
 
 /// A cluster's circuit breaker: its limits (the counts are the cluster's `state`).
@@ -141,6 +145,9 @@ pub struct RouteTable {
 
 /// What a host is probed with: the check, whether over h2c, and the cluster that asked.
 type Probed<'a> = (Arc<Host>, &'a HealthCheckSpec, bool, Arc<str>);
+
+/// A host of the table being built and its TLS settings (`None`: plaintext).
+type Reached = (Arc<Host>, Option<Arc<UpstreamTls>>);
 
 // === impl Cluster ===
 
@@ -254,10 +261,12 @@ impl Route {
 // === impl RouteTable ===
 
 impl RouteTable {
-    /// Builds a table from a validated rule set. Endpoints come from `hosts` (so the state
-    /// of an address carries over from `previous`), and every endpoint of a cluster with a
-    /// health check gets a prober through `probes`; endpoints of `previous` that no cluster
-    /// checks any more stop being probed.
+    /// [`RouteTable::try_build`] for a rule set whose TLS files are known to load (tests,
+    /// benches).
+    ///
+    /// # Panics
+    ///
+    /// When a cluster's TLS files cannot be loaded.
     pub fn build(
         rule_set: ValidRuleSet,
         previous: Option<&RouteTable>,
@@ -267,6 +276,52 @@ impl RouteTable {
         sha256: String,
         attribution: bool,
     ) -> Self {
+        Self::try_build(
+            rule_set,
+            previous,
+            hosts,
+            probes,
+            generation,
+            sha256,
+            attribution,
+        )
+        .unwrap_or_else(|e| panic!("the TLS files of the rule set must load: {e}"))
+    }
+
+    /// Builds a table from a validated rule set. The TLS files of every cluster are read
+    /// first, and nothing changes when one fails. Endpoints come from `hosts` (so the state
+    /// of an address carries over from `previous`) and get their cluster's TLS settings
+    /// (a pool whose trust changed lets go of its connections), and every endpoint of a
+    /// cluster with a health check gets a prober through `probes`; endpoints of `previous`
+    /// that no cluster checks any more stop being probed.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] with an issue per cluster whose CA, certificate or key file
+    /// cannot be loaded, naming the cluster and the file.
+    pub fn try_build(
+        rule_set: ValidRuleSet,
+        previous: Option<&RouteTable>,
+        hosts: &HostRegistry,
+        probes: &ProbeSpawner,
+        generation: u64,
+        sha256: String,
+        attribution: bool,
+    ) -> Result<Self, ConfigError> {
+        let cluster_tls = tls::load_clusters(&rule_set)?;
+        // An endpoint that an `auto` cluster reaches over TLS offers both protocols.
+        let auto_tls: std::collections::HashSet<&str> = rule_set
+            .clusters
+            .iter()
+            .filter(|(name, spec)| {
+                spec.protocol == Protocol::Auto && cluster_tls.contains_key(name.as_str())
+            })
+            .filter_map(|(name, _)| rule_set.cluster(name))
+            .flat_map(|c| c.endpoints.iter().map(|e| &*e.address))
+            .collect();
+        // Address → its host and TLS settings: the first cluster (by name) decides; clusters
+        // sharing an endpoint have the same `tls` block (validated).
+        let mut reached: HashMap<Arc<str>, Reached> = HashMap::new();
         let version = rule_set.version;
         let served_by_value = |text: String| {
             HeaderValue::from_str(&text).expect("names, addresses and versions are header-safe")
@@ -282,6 +337,16 @@ impl RouteTable {
             let endpoints: Box<[Arc<Host>]> =
                 parsed.endpoints.iter().map(|e| hosts.host(e)).collect();
             let weights: Box<[u32]> = parsed.endpoints.iter().map(|e| e.weight).collect();
+            let tls = cluster_tls.get(&*name);
+            for (i, (host, endpoint)) in endpoints.iter().zip(&parsed.endpoints).enumerate() {
+                reached.entry(Arc::clone(&host.address)).or_insert_with(|| {
+                    let settings = tls.map(|t| {
+                        let auto = auto_tls.contains(&*endpoint.address);
+                        t.endpoint(i, &endpoint.address, &endpoint.authority, auto)
+                    });
+                    (Arc::clone(host), settings)
+                });
+            }
             let balance_input: Vec<(&str, u32)> = parsed
                 .endpoints
                 .iter()
@@ -348,9 +413,14 @@ impl RouteTable {
                     state,
                     served_by,
                     served_by_cluster,
+                    tls: tls.is_some(),
                     name,
                 }),
             );
+        }
+        // Before the probers start, so that a TLS cluster's first probe uses TLS.
+        for (host, settings) in reached.into_values() {
+            host.pool.set_tls(settings);
         }
         for (host, check, h2, cluster) in probed.values() {
             probes.ensure(host, check, *h2, cluster);
@@ -448,7 +518,7 @@ impl RouteTable {
                 )
             })
             .collect();
-        RouteTable {
+        Ok(RouteTable {
             routes,
             clusters,
             tenants,
@@ -457,7 +527,7 @@ impl RouteTable {
             rule_set,
             generation,
             sha256,
-        }
+        })
     }
 
     /// The route of a routing key, by the raw header bytes (no UTF-8 check, no allocation).
@@ -676,6 +746,38 @@ mod tests {
             "an endpoint nobody checks is not held unhealthy"
         );
         drop(second);
+    }
+
+    #[test]
+    fn a_build_whose_tls_files_do_not_load_changes_nothing() {
+        let hosts = HostRegistry::new(1);
+        let (probes, _receiver) = ProbeSpawner::new();
+        let first = build(RULES, None, &hosts);
+        let before = hosts.live_hosts();
+        let with_tls = RULES.replace(
+            r#""request_timeout_ms": 700 }"#,
+            r#""request_timeout_ms": 700, "tls": { "ca_file": "/nonexistent/ca.pem" } }"#,
+        );
+        let error = RouteTable::try_build(
+            rules(&with_tls),
+            Some(&first),
+            &hosts,
+            &probes,
+            2,
+            String::new(),
+            true,
+        )
+        .expect_err("the CA file does not exist");
+        let issues = error.issues();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].path, r#"$.clusters["b"].tls.ca_file"#);
+        assert!(
+            issues[0].message.contains("/nonexistent/ca.pem"),
+            "{issues:?}"
+        );
+        assert_eq!(hosts.live_hosts(), before);
+        let b = &first.route(b"kb").unwrap().targets[0].cluster;
+        assert!(!b.tls && b.endpoints[0].pool.tls().is_none());
     }
 
     #[test]

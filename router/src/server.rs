@@ -2,19 +2,29 @@
 //! its own `SO_REUSEPORT` socket on the shared address, and its own slot in every upstream
 //! pool. The kernel spreads new connections across the sockets; nothing is shared between
 //! workers on the request path except the route table snapshot.
+//!
+//! Each connection: counted against `--max-connections` (past it, closed at once); on a
+//! port that serves TLS, told TLS from plain HTTP by its first byte (or TLS only); its
+//! HTTP/1.1 bytes followed by [`framing`](crate::framing) so an ambiguous request is refused
+//! by hyper's own parser; closed when idle for `--idle-timeout-ms`; and asked to finish
+//! gracefully when the router drains.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Socket, Type};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::framing::{Activity, ClientIo};
 use crate::proxy::Proxy;
 use crate::state::Shared;
 use crate::upstream;
@@ -22,12 +32,99 @@ use crate::upstream;
 /// Settings of the proxy listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// Time allowed for a complete HTTP/1.1 request head (`None`: no limit).
+    /// Time allowed for a complete HTTP/1.1 request head, and for a TLS handshake (`None`:
+    /// no limit).
     pub header_read_timeout: Option<Duration>,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_timeout: Duration,
-    /// Most connections this worker holds open at once.
-    pub max_connections: usize,
+    /// How long a connection may sit with nothing happening (`None`: forever).
+    pub idle_timeout: Option<Duration>,
+    /// Largest request head, in bytes (HTTP/1.1 read buffer; HTTP/2 header list).
+    pub max_head_bytes: u32,
+    /// Most header fields in an HTTP/1.1 request.
+    pub max_headers: u32,
+    /// HTTP/2 limits: concurrent streams, pending-accept resets, local error resets.
+    pub http2_max_streams: u32,
+    /// See `--http2-max-pending-resets`.
+    pub http2_max_pending_resets: usize,
+    /// See `--http2-max-error-resets`.
+    pub http2_max_error_resets: usize,
+}
+
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain HTTP/1.1 and h2c.
+    Plain,
+    /// TLS and plain on one port, told apart by the first byte.
+    Sniff,
+    /// TLS only.
+    Tls,
+}
+
+/// The open client connections of the whole process, against `--max-connections`.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One open connection, counted until dropped.
+#[derive(Debug)]
+struct Counted(Arc<ConnectionLimit>);
+
+impl ConnectionLimit {
+    /// A limit of `max` connections (at least one).
+    #[must_use]
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            open: AtomicUsize::new(0),
+            max: max.max(1),
+        })
+    }
+
+    /// Connections open now.
+    #[must_use]
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn enter(self: &Arc<Self>) -> Option<Counted> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Counted(Arc::clone(self)))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker's sockets and what each serves, with the TLS acceptor when one needs it.
+pub struct WorkerListeners {
+    /// The `--listen` socket.
+    pub main: std::net::TcpListener,
+    /// What `main` serves.
+    pub main_mode: Mode,
+    /// The `--tls-listen` socket, TLS only.
+    pub tls: Option<std::net::TcpListener>,
+    /// The acceptor for TLS connections (set when any socket serves TLS).
+    pub acceptor: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for WorkerListeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerListeners")
+            .field("main", &self.main)
+            .field("main_mode", &self.main_mode)
+            .field("tls", &self.tls)
+            .field("acceptor", &self.acceptor.is_some())
+            .finish()
+    }
 }
 
 /// Binds `count` sockets to `addr` with `SO_REUSEPORT`. With port 0 the first socket picks
@@ -60,7 +157,7 @@ fn reuseport_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Starts worker `index` on its own thread, serving `listener` until `shutdown` is
+/// Starts worker `index` on its own thread, serving its listeners until `shutdown` is
 /// cancelled, then draining.
 ///
 /// # Errors
@@ -68,10 +165,11 @@ fn reuseport_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// When the thread or its runtime cannot be created.
 pub fn spawn_worker(
     index: usize,
-    listener: std::net::TcpListener,
+    listeners: WorkerListeners,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     options: ServeOptions,
+    limit: Arc<ConnectionLimit>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -81,8 +179,27 @@ pub fn spawn_worker(
         .spawn(move || {
             upstream::set_worker_index(index);
             runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, shared, shutdown, options).await,
+                let registered =
+                    tokio::net::TcpListener::from_std(listeners.main).and_then(|main| {
+                        let tls = listeners
+                            .tls
+                            .map(tokio::net::TcpListener::from_std)
+                            .transpose()?;
+                        Ok((main, tls))
+                    });
+                match registered {
+                    Ok((main, tls)) => {
+                        let worker = Worker {
+                            shared,
+                            options,
+                            limit,
+                            acceptor: listeners.acceptor,
+                            builder: builder(&options),
+                            shutdown,
+                            tracker: TaskTracker::new(),
+                        };
+                        worker.serve(main, listeners.main_mode, tls).await;
+                    }
                     Err(e) => {
                         tracing::error!(worker = index, error = %e, "cannot register listener")
                     }
@@ -91,34 +208,55 @@ pub fn spawn_worker(
         })
 }
 
-async fn serve(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    options: ServeOptions,
-) {
+/// The HTTP server settings every connection of a worker shares.
+fn builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_head_bytes.max(8192) as usize)
         .keep_alive(true);
+    // hyper keeps up to 100 headers on the stack; another limit moves them to the heap.
+    if options.max_headers != 100 {
+        http1.max_headers(options.max_headers as usize);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let (stream, remote) = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+        .max_concurrent_streams(options.http2_max_streams)
+        .max_header_list_size(options.max_head_bytes)
+        .max_pending_accept_reset_streams(options.http2_max_pending_resets)
+        .max_local_error_reset_streams(options.http2_max_error_resets);
+    builder
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    options: ServeOptions,
+    limit: Arc<ConnectionLimit>,
+    acceptor: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Worker {
+    async fn serve(
+        self,
+        main: tokio::net::TcpListener,
+        main_mode: Mode,
+        tls: Option<tokio::net::TcpListener>,
+    ) {
+        let worker = Arc::new(self);
+        loop {
+            let (accepted, mode) = tokio::select! {
+                biased;
+                () = worker.shutdown.cancelled() => break,
+                accepted = main.accept() => (accepted, main_mode),
+                accepted = accept_on(tls.as_ref()) => (accepted, Mode::Tls),
+            };
+            let (stream, remote) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of descriptors and similar: back off briefly instead of spinning.
@@ -126,30 +264,146 @@ async fn serve(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            Proxy::new(Arc::clone(&shared), remote),
-        );
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client = %remote, error = %e, "connection ended with an error");
+            };
+            let Some(counted) = worker.limit.enter() else {
+                // Closed at once: a client past the limit learns it now, not after a wait.
+                crate::metrics::connection_refused();
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let this = Arc::clone(&worker);
+            worker.tracker.spawn(async move {
+                this.connection(stream, remote, mode).await;
+                drop(counted);
+            });
+        }
+        drop(main);
+        drop(tls);
+        worker.tracker.close();
+        let open = worker.tracker.len();
+        if open > 0 {
+            tracing::info!(connections = open, "draining");
+        }
+        if tokio::time::timeout(worker.options.drain_timeout, worker.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(deadline = ?worker.options.drain_timeout, "drain deadline passed; closing remaining connections");
+        }
+    }
+
+    async fn connection(&self, stream: TcpStream, remote: SocketAddr, mode: Mode) {
+        let tls = match mode {
+            Mode::Plain => false,
+            Mode::Tls => true,
+            Mode::Sniff => {
+                let mut first = [0u8; 1];
+                match self.limited(stream.peek(&mut first)).await {
+                    Some(Ok(1)) => service_runtime::tls::starts_tls(first[0]),
+                    // Closed, failed or silent past the header-read timeout.
+                    _ => return,
+                }
             }
-            drop(permit);
-        });
+        };
+        if !tls {
+            return self.serve_io(stream, remote, true).await;
+        }
+        let Some(acceptor) = &self.acceptor else {
+            return;
+        };
+        match self.limited(acceptor.accept(stream)).await {
+            Some(Ok(stream)) => {
+                // ALPN h2: no HTTP/1.1 framing to follow.
+                let h1 = stream.get_ref().1.alpn_protocol() != Some(b"h2");
+                self.serve_io(stream, remote, h1).await;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+            }
+            None => tracing::debug!(client = %remote, "TLS handshake timed out"),
+        }
     }
-    drop(listener);
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(connections = open, "draining");
+
+    /// `fut` within the header-read timeout, when there is one.
+    async fn limited<F: Future>(&self, fut: F) -> Option<F::Output> {
+        match self.options.header_read_timeout {
+            Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
+            None => Some(fut.await),
+        }
     }
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
+
+    async fn serve_io<I>(&self, io: I, remote: SocketAddr, h1: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        tracing::warn!(deadline = ?options.drain_timeout, "drain deadline passed; closing remaining connections");
+        let activity = self
+            .options
+            .idle_timeout
+            .map(|_| Arc::new(Activity::default()));
+        let io = ClientIo::new(io, h1, activity.clone());
+        let proxy = Proxy::new(Arc::clone(&self.shared), remote, activity.clone());
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), proxy);
+        let mut conn = std::pin::pin!(conn);
+        let mut closing = false;
+        let idle = async {
+            match (&activity, self.options.idle_timeout) {
+                (Some(activity), Some(limit)) => idle_watch(activity, limit).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let mut idle = std::pin::pin!(idle);
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(client = %remote, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !closing => {
+                    tracing::debug!(client = %remote, "closing an idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+async fn accept_on(
+    listener: Option<&tokio::net::TcpListener>,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once nothing has happened on the connection for `limit`: no request waiting
+/// for its answer and no bytes either way. Looks every half `limit`, so an idle connection
+/// closes between `limit` and 1.5 × `limit` after its last activity.
+async fn idle_watch(activity: &Activity, limit: Duration) {
+    let tick = limit / 2;
+    let mut last = activity.sample();
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = activity.sample();
+        if now.1 || now.0 != last.0 {
+            quiet = Duration::ZERO;
+        } else {
+            quiet += tick;
+            if quiet >= limit {
+                return;
+            }
+        }
+        last = now;
     }
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
-use models_config::ValidRuleSet;
 use models_config::spec::RuleSet;
+use models_config::{ConfigError, ValidRuleSet};
 use sha2::{Digest, Sha256};
 
 use crate::health::{ProbeReceiver, ProbeSpawner};
@@ -60,6 +60,9 @@ pub struct ProxySettings {
     pub tracer: Option<Arc<Tracer>>,
     /// Proxy worker threads.
     pub workers: usize,
+    /// Most header fields in a request (hyper enforces it for HTTP/1.1, the proxy for
+    /// HTTP/2).
+    pub max_request_headers: usize,
 }
 
 impl ProxySettings {
@@ -73,16 +76,26 @@ impl ProxySettings {
             identity: None,
             tracer: None,
             workers,
+            max_request_headers: 100,
         }
     }
 }
 
 impl Shared {
     /// Builds the first table from `rule_set`, which came from `source`.
-    pub fn new(rule_set: ValidRuleSet, source: ConfigSource, settings: ProxySettings) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when a cluster's TLS files cannot be loaded (each issue
+    /// names the cluster and the file).
+    pub fn try_new(
+        rule_set: ValidRuleSet,
+        source: ConfigSource,
+        settings: ProxySettings,
+    ) -> Result<Self, ConfigError> {
         let hosts = HostRegistry::new(settings.workers);
         let (probes, probe_receiver) = ProbeSpawner::new();
-        let table = build(rule_set, None, &hosts, &probes, 1, settings.attribution);
+        let table = build(rule_set, None, &hosts, &probes, 1, settings.attribution)?;
         metrics::record_table(table.version, table.generation, table.len());
         let shared = Shared {
             table: ArcSwap::from_pointee(table),
@@ -97,14 +110,27 @@ impl Shared {
             apply_lock: Mutex::new(()),
         };
         metrics::record_source(source);
-        shared
+        Ok(shared)
+    }
+
+    /// [`Shared::try_new`], falling back to [`Shared::unconfigured`] (not ready, every key
+    /// unknown) with every problem logged when the rule set's TLS files cannot be loaded.
+    pub fn new(rule_set: ValidRuleSet, source: ConfigSource, settings: ProxySettings) -> Self {
+        match Self::try_new(rule_set, source, settings.clone()) {
+            Ok(shared) => shared,
+            Err(e) => {
+                log_rejected(&e);
+                Self::unconfigured(settings)
+            }
+        }
     }
 
     /// An empty table (every key unknown) that is not ready until a rule set is applied:
     /// the start of a router following a control plane with no snapshot on disk.
     pub fn unconfigured(settings: ProxySettings) -> Self {
         let empty = ValidRuleSet::new(RuleSet::default()).expect("an empty rule set is valid");
-        Self::new(empty, ConfigSource::None, settings)
+        Self::try_new(empty, ConfigSource::None, settings)
+            .expect("an empty rule set has no TLS files to load")
     }
 
     /// The receiver of the health-check probers, taken once by the runtime that runs them.
@@ -144,21 +170,52 @@ impl Shared {
         metrics::record_control_plane_connected(connected);
     }
 
-    /// Builds a table from `rule_set` (validated once, when it was parsed) and swaps it in
-    /// atomically, recording `source` as where it came from. Requests in flight finish on
-    /// the table they started with; endpoint state carries over by address.
+    /// [`Shared::try_apply`], keeping the table in force (and returning it) when the rule
+    /// set's TLS files cannot be loaded; every problem is logged and the reload counted as
+    /// failed.
     pub fn apply(&self, rule_set: ValidRuleSet, source: ConfigSource) -> Arc<RouteTable> {
+        match self.try_apply(rule_set, source) {
+            Ok(table) => table,
+            Err(e) => {
+                log_rejected(&e);
+                self.table.load_full()
+            }
+        }
+    }
+
+    /// Builds a table from `rule_set` (validated once, when it was parsed; its TLS files
+    /// are read now) and swaps it in atomically, recording `source` as where it came from.
+    /// Requests in flight finish on the table they started with; endpoint state carries
+    /// over by address.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when a cluster's TLS files cannot be loaded (each issue
+    /// names the cluster and the file): nothing changes, and
+    /// `router_config_reloads_total{result="error"}` is incremented.
+    pub fn try_apply(
+        &self,
+        rule_set: ValidRuleSet,
+        source: ConfigSource,
+    ) -> Result<Arc<RouteTable>, ConfigError> {
         let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.table.load_full();
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let table = Arc::new(build(
+        let built = build(
             rule_set,
             Some(&current),
             &self.hosts,
             &self.probes,
             generation,
             self.settings.attribution,
-        ));
+        );
+        let table = match built {
+            Ok(table) => Arc::new(table),
+            Err(e) => {
+                metrics::record_reload(false);
+                return Err(e);
+            }
+        };
         metrics::record_reload(true);
         self.generation.store(generation, Ordering::Relaxed);
         self.table.store(Arc::clone(&table));
@@ -172,8 +229,16 @@ impl Shared {
             routes = table.len(),
             "route table applied"
         );
-        table
+        Ok(table)
     }
+}
+
+/// Logs every problem of a rule set that could not be applied.
+fn log_rejected(e: &ConfigError) {
+    for issue in e.issues() {
+        tracing::error!(at = %issue.path, "config rejected: {}", issue.message);
+    }
+    tracing::error!("config rejected; keeping the current routes");
 }
 
 fn build(
@@ -183,13 +248,13 @@ fn build(
     probes: &ProbeSpawner,
     generation: u64,
     attribution: bool,
-) -> RouteTable {
+) -> Result<RouteTable, ConfigError> {
     for w in rule_set.warnings() {
         tracing::warn!(path = %w.path, "{}", w.message);
     }
     let canonical = serde_json::to_vec(rule_set.rules()).expect("a rule set serializes to JSON");
     let sha256 = hex(&Sha256::digest(&canonical));
-    RouteTable::build(
+    RouteTable::try_build(
         rule_set,
         previous,
         hosts,

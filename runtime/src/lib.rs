@@ -1,12 +1,14 @@
 //! Process plumbing shared by the platform's binaries (the router and Lightbulb), which must
 //! not depend on each other: the shutdown signal, the log setup, the worker count, a fast
-//! per-thread random generator and OTLP span export.
+//! per-thread random generator, OTLP span export, bearer tokens and TLS.
 #![warn(missing_docs)]
 
 pub mod otlp;
 pub mod rng;
+pub mod secret;
 pub mod signal;
 pub mod telemetry;
+pub mod tls;
 
 use std::num::NonZeroUsize;
 

@@ -24,6 +24,11 @@
 //! - [`process`]: what both share: locating a workspace binary, spawning it with its output
 //!   captured, waiting for its listening line, SIGTERM, exit, kill on drop; reading a
 //!   process's resident memory.
+//! - [`pki`]: a test CA made at run time, server and client certificates it signs, and
+//!   rustls client configurations trusting it.
+//! - [`tls_upstream`]: an upstream over TLS (optionally requiring a client certificate)
+//!   that answers with the ALPN protocol, HTTP version, SNI and client certificate it saw;
+//!   or serves `grpc.health.v1.Health` over TLS.
 //! - [`jwt`]: signing keys generated with `openssl` at run time, the JWKS file the router
 //!   watches, signed tokens and the malformed ones it must refuse.
 //! - [`client`]: small hyper client helpers (HTTP/1.1 and h2c, streaming bodies).
@@ -44,8 +49,10 @@ pub mod jwt;
 pub mod lightbulb;
 pub mod otlp;
 pub mod pattern;
+pub mod pki;
 pub mod process;
 pub mod router;
+pub mod tls_upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;

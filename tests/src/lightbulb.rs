@@ -8,24 +8,40 @@
 //!
 //! The binary is `$LIGHTBULB_BIN` when set, otherwise `lightbulb` next to the test binary's
 //! `deps/` folder (`target/<profile>/lightbulb`): build it with `cargo build -p lightbulb`.
+//!
+//! With TLS (`--tls-cert`, see [`LightbulbProcess::start_tls`]), gRPC clients connect
+//! through a [`TlsConnector`] ([`LightbulbProcess::tls_channel`]), which makes the TLS
+//! handshake itself with a rustls client configuration (e.g. [`crate::pki::Pki::client_config`])
+//! and counts the connections it opens.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitStatus;
+use std::pin::Pin;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, header};
+use hyper_util::rt::TokioIo;
 use routing_proto::lightbulb::v1::resolver_client::ResolverClient;
 use routing_proto::lightbulb::v1::routing_config_client::RoutingConfigClient;
 use routing_proto::lightbulb::v1::{RoutingSnapshot, WatchRequest};
+use rustls::pki_types::ServerName;
 use tempfile::TempDir;
+use tokio::net::TcpStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::client::{self, Collected, HttpClient};
+use crate::pki::CertFiles;
 pub use crate::process::FailedStart;
-use crate::process::{Service, ServiceProcess, metric_value, rule_set_text, write_text_atomically};
+use crate::process::{
+    Service, ServiceProcess, metric_value, rule_set_text, temp_config, write_text_atomically,
+};
 use crate::{DEADLINE, wait_until, within};
 
 /// How to run the `lightbulb` binary.
@@ -83,6 +99,71 @@ impl LightbulbProcess {
         }
     }
 
+    /// [`LightbulbProcess::start_with_args`] with `--tls-cert` and `--tls-key` of `cert`
+    /// first: TLS on both ports, plaintext too unless `extra` has `--tls-only`. The helpers
+    /// that speak plaintext ([`LightbulbProcess::http_get`], [`LightbulbProcess::channel`])
+    /// then work only without `--tls-only`.
+    ///
+    /// # Panics
+    ///
+    /// As [`LightbulbProcess::start`].
+    pub async fn start_tls(
+        rule_set: &serde_json::Value,
+        cert: &CertFiles,
+        extra: &[&str],
+    ) -> LightbulbProcess {
+        let (cert, key) = (
+            cert.cert.display().to_string(),
+            cert.key.display().to_string(),
+        );
+        let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+        args.extend_from_slice(extra);
+        Self::start_with_args(rule_set, &args).await
+    }
+
+    /// [`LightbulbProcess::start_with_args`] with environment variables set for the process
+    /// (e.g. `RUST_LOG=debug`, which replaces the default: the test run's `RUST_LOG`, else
+    /// `info`).
+    ///
+    /// # Panics
+    ///
+    /// As [`LightbulbProcess::start`].
+    pub async fn start_with_env(
+        rule_set: &serde_json::Value,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> LightbulbProcess {
+        let (dir, config_path) = temp_config(&rule_set_text(rule_set));
+        let mut cmd = Command::new(SERVICE.bin());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .args(SERVICE.listen_args)
+            .args(["--workers", "2", "--watch-interval-ms", "50"])
+            .args(extra)
+            .env_remove("LIGHTBULB_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.envs(env.iter().copied());
+        let (mut process, mut lines) = ServiceProcess::spawn(SERVICE.name, SERVICE.label, cmd);
+        let (grpc_addr, http_addr) = process
+            .wait_for_listening(&mut lines, "lightbulb listening grpc=.. http=..", |line| {
+                SERVICE.parse_listening_line(line)
+            })
+            .await;
+        LightbulbProcess {
+            grpc_addr,
+            http_addr,
+            config_path,
+            process,
+            http: HttpClient::http1(),
+            _dir: dir,
+        }
+    }
+
     /// Runs Lightbulb on a rule-set file holding `text`, expecting it to refuse to start:
     /// waits for it to exit.
     ///
@@ -127,6 +208,44 @@ impl LightbulbProcess {
         )
         .await
         .expect("connect to lightbulb over gRPC")
+    }
+
+    /// `https://GRPC_ADDR`, the URI a router's `--control-plane` names for a TLS Lightbulb.
+    pub fn grpc_tls_url(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// A gRPC channel to Lightbulb over TLS, through `connector` (which counts the
+    /// connections it opens: a channel keeps using its one connection while it works).
+    ///
+    /// # Panics
+    ///
+    /// When no connection is made within the deadline (a failed handshake included).
+    pub async fn tls_channel(&self, connector: TlsConnector) -> Channel {
+        within(
+            "connecting to lightbulb's gRPC port over TLS",
+            DEADLINE,
+            self.try_tls_channel(connector),
+        )
+        .await
+        .expect("connect to lightbulb over gRPC with TLS")
+    }
+
+    /// [`LightbulbProcess::tls_channel`] that returns the failure (a refused handshake)
+    /// instead of panicking.
+    ///
+    /// # Errors
+    ///
+    /// When the connection or the handshake fails.
+    pub async fn try_tls_channel(
+        &self,
+        connector: TlsConnector,
+    ) -> Result<Channel, tonic::transport::Error> {
+        // `http://`: the connector makes the TLS handshake, so tonic must not try to.
+        tonic::transport::Endpoint::from_shared(self.grpc_url())
+            .expect("a valid URI")
+            .connect_with_connector(connector)
+            .await
     }
 
     /// A `lightbulb.v1.Resolver` client on a new connection.
@@ -266,6 +385,61 @@ impl LightbulbProcess {
     /// Everything Lightbulb printed so far (stdout, then stderr).
     pub fn output(&self) -> String {
         self.process.output()
+    }
+}
+
+/// A tonic connector that opens TCP to the endpoint's address and makes the TLS handshake
+/// with its rustls configuration, for the server name `localhost`; clones share the count
+/// of connections opened.
+#[derive(Debug, Clone)]
+pub struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    connections: Arc<AtomicUsize>,
+}
+
+// === impl TlsConnector ===
+
+impl TlsConnector {
+    /// A connector using `config` (offer ALPN `h2`: tonic speaks HTTP/2).
+    pub fn new(config: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            config,
+            server_name: ServerName::try_from("localhost").expect("a valid server name"),
+            connections: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// TCP connections opened so far (handshake or not).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl tonic::codegen::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .expect("an endpoint with host:port")
+                .as_str();
+            let tcp = TcpStream::connect(authority).await?;
+            this.connections.fetch_add(1, Ordering::SeqCst);
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(this.config)
+                .connect(this.server_name, tcp)
+                .await?;
+            Ok(TokioIo::new(tls))
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use moka::sync::Cache;
 use routing_proto::lightbulb::v1 as pb;
 use routing_proto::lightbulb::v1::resolver_client::ResolverClient;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::context::AsContext;
@@ -55,6 +56,7 @@ pub struct Builder {
     backoff_max: Duration,
     routing_header: RoutingHeader,
     static_defaults: Vec<(String, String, ObjectiveConfig)>,
+    tls_ca_file: Option<PathBuf>,
 }
 
 /// A Lightbulb client: resolves request contexts with a local cache, falls back to the last
@@ -274,13 +276,24 @@ impl Builder {
         self
     }
 
+    /// The CA file (PEM) that the certificates of `https://` endpoints must chain to; read
+    /// once, by [`Builder::build`]. Default: none, and an `https://` endpoint is then a build
+    /// error (there is no fallback to plaintext nor to the system's roots). `http://`
+    /// endpoints ignore it.
+    #[must_use]
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
     /// Builds the client. Connections are made lazily, on the first cache miss, so this
     /// succeeds while Lightbulb is down (resolutions then use the static defaults).
     ///
     /// # Errors
     ///
-    /// [`BuildError`] when no endpoint is given, an endpoint is not a valid URI, a static
-    /// default's routing key is not a valid header value, or the deadline is zero.
+    /// [`BuildError`] when no endpoint is given, an endpoint is not a valid URI, an
+    /// `https://` endpoint has no usable CA file, a static default's routing key is not a
+    /// valid header value, or the deadline is zero.
     ///
     /// # Panics
     ///
@@ -293,6 +306,13 @@ impl Builder {
         if self.deadline.is_zero() {
             return Err(BuildError::ZeroDeadline(self.deadline));
         }
+        let ca = match &self.tls_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| BuildError::CaFile {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let mut endpoints = Vec::with_capacity(self.endpoints.len());
         for uri in self.endpoints {
             let endpoint = match Endpoint::from_shared(uri.clone()) {
@@ -303,6 +323,23 @@ impl Builder {
                         source,
                     });
                 }
+            };
+            let endpoint = if endpoint.uri().scheme_str() == Some("https") {
+                let Some(ca) = &ca else {
+                    return Err(BuildError::HttpsWithoutCa { endpoint: uri });
+                };
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+                match endpoint.tls_config(tls) {
+                    Ok(endpoint) => endpoint,
+                    Err(source) => {
+                        return Err(BuildError::Tls {
+                            endpoint: uri,
+                            source,
+                        });
+                    }
+                }
+            } else {
+                endpoint
             };
             let channel = endpoint
                 .connect_timeout(self.connect_timeout)
@@ -355,7 +392,8 @@ impl Builder {
 
 impl Client {
     /// A builder for a client of the Lightbulb replicas at `endpoints` (`http://host:port`,
-    /// one or more), with every setting at its default.
+    /// or `https://host:port` with [`Builder::tls_ca_file`]; one or more), with every setting
+    /// at its default.
     ///
     /// Each client starts on a random endpoint and stays on it until an RPC fails with a
     /// retryable status; the retry then goes to the next endpoint in order (failover).
@@ -376,6 +414,7 @@ impl Client {
             backoff_max: DEFAULT_BACKOFF_MAX,
             routing_header: RoutingHeader::default(),
             static_defaults: Vec::new(),
+            tls_ca_file: None,
         }
     }
 
@@ -735,6 +774,23 @@ mod tests {
             .deadline(Duration::ZERO)
             .build();
         assert!(matches!(zero, Err(BuildError::ZeroDeadline(_))));
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_needs_a_readable_ca_file() {
+        let no_ca = Client::builder(["http://127.0.0.1:1", "https://127.0.0.1:2"]).build();
+        let err = no_ca.expect_err("https without a CA");
+        assert!(matches!(err, BuildError::HttpsWithoutCa { .. }), "{err:?}");
+        assert!(err.to_string().contains("https://127.0.0.1:2"), "{err}");
+
+        let missing = Client::builder(["https://127.0.0.1:2"])
+            .tls_ca_file("/nonexistent/ca.pem")
+            .build();
+        let err = missing.expect_err("an unreadable CA file");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+
+        let plain = Client::builder(["http://127.0.0.1:1"]).build();
+        assert!(plain.is_ok());
     }
 
     #[tokio::test]

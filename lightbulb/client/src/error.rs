@@ -114,7 +114,7 @@ pub enum BuildError {
     /// No endpoint was given.
     #[error("no lightbulb endpoint given")]
     NoEndpoints,
-    /// An endpoint is not a valid `http://host:port` URI.
+    /// An endpoint is not a valid `http://host:port` or `https://host:port` URI.
     #[error("invalid lightbulb endpoint {endpoint:?}")]
     InvalidEndpoint {
         /// The endpoint as given.
@@ -130,6 +130,33 @@ pub enum BuildError {
         objective: String,
         /// The routing key as given.
         routing_key: String,
+    },
+    /// An `https://` endpoint was given without [`Builder::tls_ca_file`](crate::Builder::tls_ca_file):
+    /// there is no fallback to plaintext nor to the system's roots.
+    #[error(
+        "lightbulb endpoint {endpoint:?} is https:// but no CA file was given (Builder::tls_ca_file)"
+    )]
+    HttpsWithoutCa {
+        /// The endpoint as given.
+        endpoint: String,
+    },
+    /// The CA file could not be read.
+    #[error("cannot read the CA file {path}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// tonic refused the TLS settings of an endpoint (a CA file that is not PEM, say).
+    #[error("TLS settings of lightbulb endpoint {endpoint:?} refused")]
+    Tls {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
     },
     /// The request deadline is zero, so no attempt could ever be made.
     #[error("request deadline must be positive, got {0:?}")]

@@ -1421,3 +1421,133 @@ fn tenants_are_declared_and_their_limits_checked() {
         ],
     );
 }
+
+// === upstream TLS (DESIGN §11 `tls`, §12) ===
+
+#[test]
+fn tls_with_only_a_ca_file_is_valid_and_the_files_are_not_read() {
+    let rules = with_cluster_fields(serde_json::json!({
+        "tls": { "ca_file": "/nonexistent/ca.pem" }
+    }));
+    assert_eq!(warnings(&rules), Vec::<String>::new());
+    let full = with_cluster_fields(serde_json::json!({
+        "protocol": "http2",
+        "tls": { "ca_file": "ca.pem", "server_name": "fraud.internal",
+                 "cert_file": "client.pem", "key_file": "client.key" }
+    }));
+    assert!(validate(&full).is_ok());
+}
+
+#[test]
+fn tls_client_certificate_and_key_come_together() {
+    let p = r#"$.clusters["ranker-v1"].tls"#;
+    let cert_only = with_cluster_fields(serde_json::json!({
+        "tls": { "ca_file": "ca.pem", "cert_file": "client.pem" }
+    }));
+    assert_errors(
+        &cert_only,
+        &[&format!(
+            "{p}: tls has cert_file without key_file; a client certificate needs both"
+        )],
+    );
+    let key_only = with_cluster_fields(serde_json::json!({
+        "tls": { "ca_file": "ca.pem", "key_file": "client.key" }
+    }));
+    assert_errors(
+        &key_only,
+        &[&format!(
+            "{p}: tls has key_file without cert_file; a client certificate needs both"
+        )],
+    );
+}
+
+#[test]
+fn tls_file_paths_must_not_be_empty() {
+    let rules = with_cluster_fields(serde_json::json!({
+        "tls": { "ca_file": "", "cert_file": "", "key_file": "a\u{0}b" }
+    }));
+    let p = r#"$.clusters["ranker-v1"].tls"#;
+    assert_errors(
+        &rules,
+        &[
+            &format!("{p}.ca_file: ca_file is empty"),
+            &format!("{p}.cert_file: cert_file is empty"),
+            &format!(r#"{p}.key_file: key_file "a\0b" contains a NUL character"#),
+        ],
+    );
+}
+
+#[test]
+fn tls_server_name_is_a_dns_name_or_an_ip_address() {
+    for good in [
+        "fraud.internal",
+        "Model-1.example.com",
+        "10.0.0.1",
+        "::1",
+        "fe80::1",
+    ] {
+        let rules = with_cluster_fields(serde_json::json!({
+            "tls": { "ca_file": "ca.pem", "server_name": good }
+        }));
+        assert!(validate(&rules).is_ok(), "{good} is a valid server_name");
+    }
+    let p = r#"$.clusters["ranker-v1"].tls.server_name"#;
+    for (bad, reason) in [
+        ("", "host is empty"),
+        (
+            "*.example.com",
+            r#"character '*' is not allowed in host name "*.example.com""#,
+        ),
+        (
+            "fraud.internal:443",
+            r#"character ':' is not allowed in host name "fraud.internal:443""#,
+        ),
+        ("[::1]", "write an IPv6 address without brackets"),
+        ("10.0.0.300", r#""10.0.0.300" is not a valid IPv4 address"#),
+        ("a..b", r#"host name "a..b" has an empty label"#),
+    ] {
+        let rules = with_cluster_fields(serde_json::json!({
+            "tls": { "ca_file": "ca.pem", "server_name": bad }
+        }));
+        assert_errors(
+            &rules,
+            &[&format!("{p}: invalid server_name {bad:?}: {reason}")],
+        );
+    }
+}
+
+#[test]
+fn tls_block_denies_unknown_fields() {
+    let message = parse_error(
+        r#"{ "clusters": { "a": { "endpoints": ["127.0.0.1:1"], "tls": { "ca_file": "ca.pem", "ca": "x" } } } }"#,
+    );
+    assert!(
+        message.starts_with("unknown field `ca`, expected one of"),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#" at $.clusters["a"].tls.ca, line 1 column"#),
+        "{message}"
+    );
+    let message = parse_error(
+        r#"{ "clusters": { "a": { "endpoints": ["127.0.0.1:1"], "tls": { "server_name": "x" } } } }"#,
+    );
+    assert!(message.starts_with("missing field `ca_file`"), "{message}");
+}
+
+#[test]
+fn clusters_sharing_an_endpoint_must_reach_it_with_the_same_tls() {
+    let mut value: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+    value["clusters"]["ranker-v1"]["tls"] = serde_json::json!({ "ca_file": "ca.pem" });
+    value["clusters"]["ranker-v2"] = serde_json::json!({ "endpoints": ["127.0.0.1:9001"] });
+    value["clusters"]["ranker-v3"] = serde_json::json!({
+        "endpoints": ["127.0.0.1:9001"], "tls": { "ca_file": "ca.pem" }
+    });
+    let rules: RuleSet = serde_json::from_value(value).unwrap();
+    let errors = errors(&rules);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(r#"$.clusters["ranker-v2"].tls: endpoint "127.0.0.1:9001" is also in cluster "ranker-v1" with a different tls block"#),
+        "{errors:?}"
+    );
+}

@@ -146,12 +146,117 @@ fn a_corrupt_snapshot_on_disk_is_ignored() {
 }
 
 #[test]
-fn control_plane_urls_must_be_plain_http() {
+fn control_plane_urls_are_http_or_https() {
     assert!(check_url("http://127.0.0.1:50051").is_ok());
     assert!(check_url("http://lightbulb.svc:50051").is_ok());
-    assert!(check_url("https://127.0.0.1:50051").is_err());
+    assert!(check_url("https://127.0.0.1:50051").is_ok());
+    assert!(check_url("grpc://127.0.0.1:50051").is_err());
     assert!(check_url("127.0.0.1:50051").is_err());
     assert!(check_url("").is_err());
+    assert!(is_https("https://a:1") && is_https("HTTPS://a:1"));
+    assert!(!is_https("http://a:1"));
+}
+
+fn router_config(args: &[&str]) -> Config {
+    use clap::Parser as _;
+    let mut all = vec!["router"];
+    all.extend_from_slice(args);
+    Config::parse_from(all)
+}
+
+/// A certificate and its key, written as `NAME.pem` and `NAME.key` in `dir`.
+fn write_pair(dir: &Path, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+#[test]
+fn an_https_control_plane_needs_a_ca_file_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = write_pair(dir.path(), "ca");
+    let (cert, key) = write_pair(dir.path(), "client");
+    let (_, other_key) = write_pair(dir.path(), "other");
+    let check = |args: &[&str]| check_tls(&router_config(args));
+
+    assert!(check(&["--control-plane", "http://127.0.0.1:1"]).is_ok());
+    let error = check(&["--control-plane", "http://127.0.0.1:1,https://127.0.0.1:2"]).unwrap_err();
+    assert!(error.contains("--control-plane-ca"), "{error}");
+    assert!(error.contains("https://127.0.0.1:2"), "{error}");
+
+    let https = [
+        "--control-plane",
+        "https://127.0.0.1:2",
+        "--control-plane-ca",
+    ];
+    assert!(check(&[&https[..], &[ca.as_str()]].concat()).is_ok());
+    let mtls = [
+        &https[..],
+        &[
+            ca.as_str(),
+            "--control-plane-cert",
+            &cert,
+            "--control-plane-key",
+            &key,
+        ],
+    ]
+    .concat();
+    assert!(check(&mtls).is_ok());
+
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let error = check(&[&https[..], &[missing.as_str()]].concat()).unwrap_err();
+    assert!(error.contains("missing.pem"), "{error}");
+    let mismatched = [
+        &https[..],
+        &[
+            ca.as_str(),
+            "--control-plane-cert",
+            &cert,
+            "--control-plane-key",
+            &other_key,
+        ],
+    ]
+    .concat();
+    let error = check(&mismatched).unwrap_err();
+    assert!(error.contains("client.pem"), "{error}");
+    let error =
+        check(&[&https[..], &[ca.as_str(), "--control-plane-cert", &cert]].concat()).unwrap_err();
+    assert!(error.contains("--control-plane-key"), "{error}");
+}
+
+#[test]
+fn the_tls_files_reach_the_settings() {
+    let settings = Settings::from_config(&router_config(&[
+        "--control-plane",
+        "https://127.0.0.1:2",
+        "--control-plane-ca",
+        "ca.pem",
+        "--control-plane-cert",
+        "c.pem",
+        "--control-plane-key",
+        "k.pem",
+    ]));
+    assert_eq!(
+        settings.tls,
+        Some(TlsFiles {
+            ca: "ca.pem".into(),
+            identity: Some(("c.pem".into(), "k.pem".into())),
+        })
+    );
+    let error = endpoint("https://127.0.0.1:2", &settings).unwrap_err();
+    assert!(error.contains("ca.pem"), "{error}");
+    let plain = Settings::from_config(&router_config(&["--control-plane", "http://127.0.0.1:2"]));
+    assert_eq!(plain.tls, None);
+    assert!(endpoint("http://127.0.0.1:2", &plain).is_ok());
 }
 
 #[test]
