@@ -55,7 +55,7 @@ impl Tokens {
             path: path.display().to_string(),
             source,
         })?;
-        if let Some(mode) = loose_mode(path) {
+        if let Some(mode) = service_runtime::secret::loose_mode(path) {
             tracing::warn!(
                 file = %path.display(),
                 mode = format_args!("{mode:04o}"),
@@ -131,19 +131,6 @@ impl fmt::Debug for Tokens {
     }
 }
 
-/// The permission bits of `path` when its group or others may read it.
-#[cfg(unix)]
-fn loose_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o044 != 0).then_some(mode)
-}
-
-#[cfg(not(unix))]
-fn loose_mode(_path: &Path) -> Option<u32> {
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,10 +167,10 @@ mod tests {
         let path = dir.path().join("tokens");
         std::fs::write(&path, "alice:s3cret\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(loose_mode(&path), None);
+        assert_eq!(service_runtime::secret::loose_mode(&path), None);
         assert!(Tokens::read_file(&path).is_ok());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(loose_mode(&path), Some(0o644));
+        assert_eq!(service_runtime::secret::loose_mode(&path), Some(0o644));
         let tokens = Tokens::read_file(&path).unwrap();
         assert_eq!(tokens.check(b"s3cret"), Some("alice"));
     }

@@ -229,16 +229,16 @@ impl Framing {
             return Ok(buf.len());
         };
         let end = i + offset;
-        let mut carried = std::mem::take(&mut self.carried);
-        let line = if carried.is_empty() {
-            &buf[i..end]
+        let refuse = if self.carried.is_empty() {
+            self.line(&buf[i..end])
         } else {
+            let mut carried = std::mem::take(&mut self.carried);
             carried.extend_from_slice(&buf[i..end]);
-            &carried[..]
+            let refuse = self.line(&carried);
+            carried.clear();
+            self.carried = carried;
+            refuse
         };
-        let refuse = self.line(line);
-        carried.clear();
-        self.carried = carried;
         if refuse { Err(end) } else { Ok(end + 1) }
     }
 
@@ -271,14 +271,20 @@ impl Framing {
     }
 
     /// A header (or trailer) field line.
+    #[inline]
     fn field(&mut self, content: &[u8]) {
+        // Most lines name none of the three fields followed: one look at the first byte.
+        if self.head.trailers || !matches!(content[0] | 0x20, b'c' | b't' | b'u') {
+            return;
+        }
+        self.framing_field(content);
+    }
+
+    fn framing_field(&mut self, content: &[u8]) {
         let Some(colon) = memchr::memchr(b':', content) else {
             return;
         };
         let (name, value) = (&content[..colon], content[colon + 1..].trim_ascii());
-        if self.head.trailers {
-            return;
-        }
         if name.eq_ignore_ascii_case(b"content-length") {
             match (content_length(value), self.head.content_length) {
                 (Some(n), None) => self.head.content_length = Some(n),
@@ -360,6 +366,9 @@ pub struct Activity {
     pub io: AtomicU64,
     /// Requests between their arrival and their response head.
     pub requests: AtomicU64,
+    /// Enough has been read to tell HTTP/1.1 from an HTTP/2 preface (hyper's version
+    /// sniffing has no timeout of its own).
+    pub version_known: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -383,6 +392,8 @@ pub struct ClientIo<T> {
     activity: Option<Arc<Activity>>,
     /// After a refusal: what hyper still has to read of the poison, then nothing.
     refused: Option<&'static [u8]>,
+    /// Bytes read until the HTTP version can be told (then `u8::MAX`).
+    sniffed: u8,
 }
 
 impl<T> ClientIo<T> {
@@ -393,12 +404,31 @@ impl<T> ClientIo<T> {
             framing: strict.then(|| Box::new(Framing::new())),
             activity,
             refused: None,
+            sniffed: 0,
         }
     }
 
     fn touched(&self) {
         if let Some(activity) = &self.activity {
             activity.io.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts the first bytes read until they tell HTTP/1.1 (not a `P`) from the 24-byte
+    /// HTTP/2 preface.
+    #[inline]
+    fn sniff(&mut self, read: &[u8]) {
+        if self.sniffed == u8::MAX {
+            return;
+        }
+        let total = usize::from(self.sniffed) + read.len();
+        if (self.sniffed == 0 && read[0] != b'P') || total >= 24 {
+            self.sniffed = u8::MAX;
+            if let Some(activity) = &self.activity {
+                activity.version_known.store(true, Ordering::Relaxed);
+            }
+        } else {
+            self.sniffed = total as u8;
         }
     }
 }
@@ -423,6 +453,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
             && buf.filled().len() > before
         {
             this.touched();
+            this.sniff(&buf.filled()[before..]);
             if let Some(framing) = &mut this.framing {
                 let refusal = framing.feed(&buf.filled()[before..]);
                 if framing.is_passthrough() {

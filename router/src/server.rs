@@ -337,42 +337,47 @@ impl Worker {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = self
-            .options
-            .idle_timeout
-            .map(|_| Arc::new(Activity::default()));
+        let options = self.options;
+        let watched = options.idle_timeout.is_some() || options.header_read_timeout.is_some();
+        let activity = watched.then(|| Arc::new(Activity::default()));
         let io = ClientIo::new(io, h1, activity.clone());
         let proxy = Proxy::new(Arc::clone(&self.shared), remote, activity.clone());
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), proxy);
         let mut conn = std::pin::pin!(conn);
+        // One signal for every reason to finish (draining, no HTTP version in time, idle),
+        // so that each wake-up of the connection polls one future besides it. The watch is
+        // a task of its own.
+        let stop = self.shutdown.child_token();
+        let watch = activity.map(|activity| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = watch(&activity, options, remote) => stop.cancel(),
+                    () = stop.cancelled() => {}
+                }
+            })
+        });
+        let mut stopped = std::pin::pin!(stop.cancelled());
         let mut closing = false;
-        let idle = async {
-            match (&activity, self.options.idle_timeout) {
-                (Some(activity), Some(limit)) => idle_watch(activity, limit).await,
-                _ => std::future::pending().await,
-            }
-        };
-        let mut idle = std::pin::pin!(idle);
         loop {
             tokio::select! {
+                biased;
                 ended = conn.as_mut() => {
                     if let Err(e) = ended {
                         tracing::debug!(client = %remote, error = %e, "connection ended with an error");
                     }
-                    return;
+                    break;
                 }
-                () = self.shutdown.cancelled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = &mut idle, if !closing => {
-                    tracing::debug!(client = %remote, "closing an idle connection");
+                () = &mut stopped, if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
+        }
+        if let Some(watch) = watch {
+            watch.abort();
         }
     }
 }
@@ -383,6 +388,35 @@ async fn accept_on(
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the connection should finish: it has not told its HTTP version within
+/// the header-read timeout (a partial HTTP/2 preface: hyper's own head timer starts only
+/// after it), or it has been idle for the idle timeout.
+async fn watch(activity: &Activity, options: ServeOptions, remote: SocketAddr) {
+    let unstarted = async {
+        match options.header_read_timeout {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                if activity.version_known.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let idle = async {
+        match options.idle_timeout {
+            Some(limit) => idle_watch(activity, limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = unstarted => {
+            tracing::debug!(client = %remote, "closing a connection that did not start in time");
+        }
+        () = idle => tracing::debug!(client = %remote, "closing an idle connection"),
     }
 }
 

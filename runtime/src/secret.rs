@@ -93,16 +93,20 @@ pub fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
         .then(|| rest.trim_ascii())
 }
 
-/// The permission bits of `path` when its group or others may read it.
+/// The permission bits of `path` when its group or others may read it (a secret file
+/// should be readable by its owner only).
 #[cfg(unix)]
-fn loose_mode(path: &Path) -> Option<u32> {
+#[must_use]
+pub fn loose_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
     (mode & 0o044 != 0).then_some(mode)
 }
 
+/// Always `None` where permission bits do not exist.
 #[cfg(not(unix))]
-fn loose_mode(_path: &Path) -> Option<u32> {
+#[must_use]
+pub fn loose_mode(_path: &Path) -> Option<u32> {
     None
 }
 

@@ -34,6 +34,9 @@
 //! - [`client`]: small hyper client helpers (HTTP/1.1 and h2c, streaming bodies).
 //! - [`pattern`]: deterministic pseudo-random bytes, so large bodies are compared by hash
 //!   without holding them in memory.
+//! - [`raw`]: raw TCP connections for the bytes a well-behaved client never sends: exact
+//!   HTTP/1.1 requests (whole, in pieces, byte by byte), responses and closes read off the
+//!   wire, and hand-encoded HTTP/2 frames.
 //!
 //! The waiting helpers ([`wait_until`], [`within`]) wait for an *observable condition* with a
 //! deadline that only exists to turn a hang into a readable failure; no test sleeps to
@@ -51,6 +54,7 @@ pub mod otlp;
 pub mod pattern;
 pub mod pki;
 pub mod process;
+pub mod raw;
 pub mod router;
 pub mod tls_upstream;
 

@@ -5,13 +5,15 @@
 //! --watch-interval-ms 50` and waits (up to [`crate::DEADLINE`]) for the stdout line
 //! `router listening proxy=ADDR admin=ADDR`. The router's stdout and stderr are kept and printed
 //! when a test fails; dropping the value kills the process and waits for it.
+//! [`RouterProcess::start_with_options`] changes what those flags fix (`--admin`,
+//! `--workers`) and sets the process environment (e.g. `RUST_LOG`).
 //!
 //! The binary is `$ROUTER_BIN` when set, otherwise `router` next to the test binary's
 //! `deps/` folder (`target/<profile>/router`): build it with `cargo build -p router`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitStatus;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use http::{Method, header};
@@ -19,7 +21,7 @@ use tempfile::TempDir;
 
 use crate::client::{self, Collected, HttpClient};
 pub use crate::process::{FailedStart, metric_value, rss_bytes};
-use crate::process::{Service, ServiceProcess, rule_set_text, write_text_atomically};
+use crate::process::{Service, ServiceProcess, rule_set_text, temp_config, write_text_atomically};
 use crate::{DEADLINE, wait_until};
 
 /// How to run the `router` binary.
@@ -45,6 +47,22 @@ pub struct RouterProcess {
     process: ServiceProcess,
     admin: HttpClient,
     _dir: Option<TempDir>,
+}
+
+/// How [`RouterProcess::start_with_options`] runs the router, beyond the rule set: what the
+/// default flags fix (`--admin`, `--workers`), the process environment, and more flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions<'a> {
+    /// The `--admin` address (default `127.0.0.1:0`). On an unspecified address such as
+    /// `0.0.0.0:0`, [`RouterProcess::admin_addr`] is the port on 127.0.0.1.
+    pub admin: Option<&'a str>,
+    /// `--workers` (default 2).
+    pub workers: Option<usize>,
+    /// Environment variables set for the process, e.g. `("RUST_LOG", "debug")` (otherwise
+    /// `RUST_LOG` is the test run's, or `info`).
+    pub env: &'a [(&'a str, &'a str)],
+    /// More arguments, appended.
+    pub args: &'a [&'a str],
 }
 
 // === impl RouterProcess ===
@@ -76,6 +94,57 @@ impl RouterProcess {
             admin: HttpClient::http1(),
             _dir: Some(started.dir),
         }
+    }
+
+    /// Starts the router on `rule_set` as `options` say: `router --config FILE --listen
+    /// 127.0.0.1:0 --admin ADMIN --workers N --watch-interval-ms 50 ARGS..`.
+    ///
+    /// # Panics
+    ///
+    /// As [`RouterProcess::start`].
+    pub async fn start_with_options(
+        rule_set: &serde_json::Value,
+        options: &StartOptions<'_>,
+    ) -> RouterProcess {
+        let (dir, config_path) = temp_config(&rule_set_text(rule_set));
+        let cmd = command(&config_path, options);
+        let (mut process, mut lines) = ServiceProcess::spawn(SERVICE.name, SERVICE.label, cmd);
+        let (proxy_addr, mut admin_addr) = process
+            .wait_for_listening(&mut lines, "router listening proxy=.. admin=..", |line| {
+                SERVICE.parse_listening_line(line)
+            })
+            .await;
+        if admin_addr.ip().is_unspecified() {
+            admin_addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        RouterProcess {
+            proxy_addr,
+            admin_addr,
+            config_path,
+            process,
+            admin: HttpClient::http1(),
+            _dir: Some(dir),
+        }
+    }
+
+    /// [`RouterProcess::start_with_options`], expecting the router to refuse to start:
+    /// waits for it to exit.
+    ///
+    /// # Panics
+    ///
+    /// As [`RouterProcess::start_expecting_failure`].
+    pub async fn start_with_options_expecting_failure(
+        rule_set: &serde_json::Value,
+        options: &StartOptions<'_>,
+    ) -> FailedStart {
+        let (_dir, config_path) = temp_config(&rule_set_text(rule_set));
+        let cmd = command(&config_path, options);
+        let (process, mut lines) = ServiceProcess::spawn(SERVICE.name, SERVICE.label, cmd);
+        process
+            .wait_for_failed_start(&mut lines, |line| {
+                SERVICE.parse_listening_line(line).is_some()
+            })
+            .await
     }
 
     /// Starts a router following the control plane at `urls` (`--control-plane
@@ -295,6 +364,29 @@ impl RouterProcess {
 }
 
 // === helpers ===
+
+/// The command line of [`RouterProcess::start_with_options`], with stdin closed and stdout
+/// and stderr piped.
+fn command(config: &Path, options: &StartOptions<'_>) -> Command {
+    let workers = options.workers.unwrap_or(2).to_string();
+    let mut cmd = Command::new(SERVICE.bin());
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--admin", options.admin.unwrap_or("127.0.0.1:0")])
+        .args(["--workers", &workers, "--watch-interval-ms", "50"])
+        .args(options.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    for (name, value) in options.env {
+        cmd.env(name, value);
+    }
+    cmd
+}
 
 /// Locates the router binary.
 ///
