@@ -57,6 +57,13 @@ py_passed=$(count passed)
 py_failed=$(($(count failed) + $(count 'errors?')))
 if ((status == 0 && py_status != 0)); then status=$py_status; fi
 
+# Coverage-guided fuzzing (fuzz/README.md): every checked-in input replayed, then each
+# target for a bounded time; a crash fails the run and its input's path is printed.
+echo "== fuzz"
+fuzz_status=0
+scripts/fuzz.sh --seconds 20 || fuzz_status=$?
+if ((status == 0 && fuzz_status != 0)); then status=$fuzz_status; fi
+
 # One plain closing line: "N passed, N failed" (nextest's and pytest's counts together).
 echo "$((${passed:-0} + py_passed)) passed, $((${failed:-0} + py_failed)) failed"
 exit "$status"
