@@ -344,6 +344,15 @@ pub struct RouteSpec {
     /// never reaches the live clusters. Default: none (every class goes to the live ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic_cluster: Option<String>,
+    /// The largest request body this route takes, in bytes, 1 to 1099511627776 (1 TiB).
+    /// The body is counted as it streams, never buffered for it: a `Content-Length` past
+    /// the limit is refused before anything is sent upstream, and a body that grows past it
+    /// (chunked, or HTTP/2 without a length) is cut off there. Either way the answer is 413
+    /// `request_body_too_large` (gRPC RESOURCE_EXHAUSTED) unless the model server already
+    /// answered. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_099_511_627_776u64))]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// A route's retry policy.

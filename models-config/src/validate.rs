@@ -36,6 +36,8 @@ const OUTLIER_THRESHOLD_MAX: u64 = 10_000;
 const EJECTION_MAX_MS: u64 = 86_400_000;
 /// Largest circuit-breaker limit.
 const CIRCUIT_LIMIT_MAX: u64 = 1_000_000;
+/// Largest route `max_request_body_bytes`: 1 TiB.
+const MAX_REQUEST_BODY_MAX: u64 = 1 << 40;
 /// Most tries a retry policy may ask for.
 const RETRY_ATTEMPTS_MAX: u64 = 10;
 /// Largest replay buffer: 1 GiB.
@@ -530,6 +532,15 @@ impl Validator<'_> {
                 timeout,
                 1,
                 REQUEST_TIMEOUT_MAX_MS,
+            );
+        }
+        if let Some(limit) = route.max_request_body_bytes {
+            self.range(
+                format!("{path}.max_request_body_bytes"),
+                "max_request_body_bytes",
+                limit,
+                1,
+                MAX_REQUEST_BODY_MAX,
             );
         }
         if let Some(header) = &route.sticky_header {

@@ -19,6 +19,22 @@ use tokio::sync::oneshot;
 /// The error type of request bodies (the client's, or one the router ends on purpose).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How the client's upload ended, as [`Source`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// Read whole.
+    Complete,
+    /// The client's body failed (a malformed chunk, the client gone).
+    Failed,
+    /// The body grew past the route's `max_request_body_bytes`; the router cut it off.
+    TooLarge,
+}
+
+/// The error a body cut off at the route's limit ends with upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the route's max_request_body_bytes ({0})")]
+pub struct TooLarge(pub u64);
+
 /// A request body on its way upstream: the client's (read once, or replayed for a retry),
 /// none, or a mirror's copy of the primary's chunks.
 #[derive(Debug)]
@@ -47,13 +63,16 @@ pub struct Source {
     /// A frame read before forwarding started (the first chunk of an HTTP/1.1 chunked
     /// body, read so that a malformed one is refused with nothing sent), handed on first.
     first: Option<Frame<Bytes>>,
-    /// Told `true` when the body has been read whole, `false` when it failed.
-    ended: Option<oneshot::Sender<bool>>,
+    /// Told how the body ended.
+    ended: Option<oneshot::Sender<Upload>>,
     tee: Option<tee::Sender>,
     done: bool,
     /// Bytes read so far, and where they are counted.
     read: u64,
     meter: Option<BodyMeter>,
+    /// The route's `max_request_body_bytes` (`u64::MAX` without one: a plain `u64` keeps
+    /// the request future small).
+    limit: u64,
 }
 
 /// Where the byte count of a client's body goes: the route's counter, once the body ends,
@@ -67,15 +86,16 @@ pub struct BodyMeter {
 }
 
 impl Source {
-    /// Wraps the client's body (`first`: a frame already read from it, handed on first);
-    /// the receiver gets `true` when it has been read whole, `false` when it failed (and
-    /// nothing when the body is dropped).
+    /// Wraps the client's body (`first`: a frame already read from it, handed on first),
+    /// cutting it off past `limit` bytes; the receiver is told how it ended (and nothing
+    /// when the body is dropped).
     pub fn new(
         incoming: Incoming,
         first: Option<Frame<Bytes>>,
         tee: Option<tee::Sender>,
         meter: Option<BodyMeter>,
-    ) -> (Self, oneshot::Receiver<bool>) {
+        limit: Option<u64>,
+    ) -> (Self, oneshot::Receiver<Upload>) {
         let (tx, rx) = oneshot::channel();
         let source = Source {
             incoming,
@@ -85,6 +105,7 @@ impl Source {
             done: false,
             read: 0,
             meter,
+            limit: limit.unwrap_or(u64::MAX),
         };
         (source, rx)
     }
@@ -111,6 +132,12 @@ impl Source {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.read += data.len() as u64;
+                    if self.read > self.limit {
+                        // Counted, never buffered: the chunk past the limit is not sent.
+                        self.read -= data.len() as u64;
+                        self.finish(Upload::TooLarge);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
+                    }
                     if let Some(tally) = self.meter.as_ref().and_then(|m| m.tally.as_ref()) {
                         tally.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
@@ -119,23 +146,24 @@ impl Source {
                     tee.push(frame);
                 }
                 if self.incoming.is_end_stream() {
-                    self.finish(true);
+                    self.finish(Upload::Complete);
                 }
             }
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(None) => self.finish(Upload::Complete),
+            Poll::Ready(Some(Err(_))) => self.finish(Upload::Failed),
             Poll::Pending => {}
         }
         polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, end: Upload) {
+        let complete = end == Upload::Complete;
         self.done = true;
         if let Some(meter) = self.meter.take() {
             meter.counter.increment(self.read);
         }
         if let Some(tx) = self.ended.take() {
-            let _ = tx.send(complete);
+            let _ = tx.send(end);
         }
         if let Some(tee) = self.tee.take() {
             if complete {
@@ -156,23 +184,24 @@ impl Drop for Source {
 }
 
 impl RequestBody {
-    /// The client's body, read once (`first`: a frame already read from it). For a body
-    /// that is already complete (no body, as for most GETs) the second value is `None` and
-    /// nothing is allocated; otherwise it tells when the last frame has been read, or that
-    /// the body failed (see [`Source::new`]).
+    /// The client's body, read once (`first`: a frame already read from it), cut off past
+    /// `limit` bytes. For a body that is already complete (no body, as for most GETs) the
+    /// second value is `None` and nothing is allocated; otherwise it tells how the body
+    /// ended (see [`Source::new`]).
     pub fn new(
         incoming: Incoming,
         first: Option<Frame<Bytes>>,
         tee: Option<tee::Sender>,
         meter: Option<BodyMeter>,
-    ) -> (Self, Option<oneshot::Receiver<bool>>) {
+        limit: Option<u64>,
+    ) -> (Self, Option<oneshot::Receiver<Upload>>) {
         if first.is_none() && incoming.is_end_stream() {
             if let Some(tee) = tee {
                 tee.finish();
             }
             return (RequestBody { kind: Kind::Empty }, None);
         }
-        let (source, done) = Source::new(incoming, first, tee, meter);
+        let (source, done) = Source::new(incoming, first, tee, meter, limit);
         (
             RequestBody {
                 kind: Kind::Direct(source),

@@ -76,6 +76,10 @@ pub enum ProxyError {
     /// heads past the limits are refused by hyper itself, with the same status).
     #[error("the request has too many header fields")]
     HeadersTooLarge,
+    /// The request body is larger than the route's `max_request_body_bytes` (by its
+    /// `Content-Length`, or counted as it streamed).
+    #[error("the request body is larger than the route allows")]
+    RequestBodyTooLarge,
 }
 
 impl ProxyError {
@@ -86,6 +90,7 @@ impl ProxyError {
             | ProxyError::InvalidTrafficClass
             | ProxyError::MalformedRequest => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TenantNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -120,6 +125,7 @@ impl ProxyError {
             ProxyError::UpstreamTlsFailed => "upstream_tls_failed",
             ProxyError::MalformedRequest => "malformed_request",
             ProxyError::HeadersTooLarge => "request_headers_too_large",
+            ProxyError::RequestBodyTooLarge => "request_body_too_large",
         }
     }
 
@@ -129,13 +135,13 @@ impl ProxyError {
             ProxyError::MissingRoutingKey
             | ProxyError::InvalidTrafficClass
             | ProxyError::MalformedRequest => 3, // INVALID_ARGUMENT
-            ProxyError::HeadersTooLarge => 8,  // RESOURCE_EXHAUSTED
-            ProxyError::TenantNotAllowed => 7, // PERMISSION_DENIED
-            ProxyError::Unauthenticated => 16, // UNAUTHENTICATED
-            ProxyError::RateLimited(_) => 8,   // RESOURCE_EXHAUSTED
+            ProxyError::HeadersTooLarge | ProxyError::RequestBodyTooLarge => 8, // RESOURCE_EXHAUSTED
+            ProxyError::TenantNotAllowed => 7,                                  // PERMISSION_DENIED
+            ProxyError::Unauthenticated => 16,                                  // UNAUTHENTICATED
+            ProxyError::RateLimited(_) => 8,    // RESOURCE_EXHAUSTED
             ProxyError::TenantOverloaded => 14, // UNAVAILABLE
             ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
-            ProxyError::UpstreamTimeout => 4,  // DEADLINE_EXCEEDED
+            ProxyError::UpstreamTimeout => 4,   // DEADLINE_EXCEEDED
             ProxyError::UpgradeNotSupported => 12, // UNIMPLEMENTED
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamProtocol
@@ -143,6 +149,15 @@ impl ProxyError {
             | ProxyError::NoHealthyUpstream
             | ProxyError::Overloaded => 14, // UNAVAILABLE
         }
+    }
+
+    /// Whether the answer closes an HTTP/1.1 connection even when the body was read: what
+    /// follows a malformed request, or a body cut off at its limit, cannot be trusted.
+    pub fn ends_connection(self) -> bool {
+        matches!(
+            self,
+            ProxyError::MalformedRequest | ProxyError::RequestBodyTooLarge
+        )
     }
 
     /// Whose fault the failure is.
@@ -155,7 +170,8 @@ impl ProxyError {
             | ProxyError::Unauthenticated
             | ProxyError::UpgradeNotSupported
             | ProxyError::MalformedRequest
-            | ProxyError::HeadersTooLarge => Fault::Downstream,
+            | ProxyError::HeadersTooLarge
+            | ProxyError::RequestBodyTooLarge => Fault::Downstream,
             ProxyError::Overloaded | ProxyError::TenantOverloaded | ProxyError::RateLimited(_) => {
                 Fault::Internal
             }

@@ -15,14 +15,29 @@
 //! the connection: it never changes a byte it is not sure about. It reads every byte of a
 //! head once (`memchr` for line ends) and skips body bytes by length, without copying
 //! anything but a line split across two reads.
+//!
+//! When hyper closes a connection in the middle of a request body (an answer given before
+//! the body was read: a 413, a refused request), [`ClientIo`] closes it the way nginx's
+//! lingering close does: it sends its end of the stream, then reads and discards what the
+//! client still sends, for a bounded time, so that the client reads the answer instead of
+//! a reset for the bytes left unread in the socket.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Longest a lingering close waits for the client's next bytes.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// Longest a lingering close lasts in all.
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
+/// Reads a lingering close makes in one poll before it lets other tasks run.
+const LINGER_READS_PER_POLL: usize = 16;
 
 /// Longest head line carried over from one read to the next; past it hyper's head-size
 /// limit answers `431`, and the tracker stops following.
@@ -118,6 +133,12 @@ impl Framing {
     #[must_use]
     pub fn is_passthrough(&self) -> bool {
         self.state == State::Passthrough
+    }
+
+    /// Whether the bytes read so far end inside a request body (more of it is due).
+    #[must_use]
+    pub fn in_body(&self) -> bool {
+        !matches!(self.state, State::Head | State::Passthrough)
     }
 
     /// Follows `buf`, the next bytes read from the client. Returns where hyper's view must
@@ -394,6 +415,19 @@ pub struct ClientIo<T> {
     refused: Option<&'static [u8]>,
     /// Bytes read until the HTTP version can be told (then `u8::MAX`).
     sniffed: u8,
+    /// A lingering close under way (see the module docs).
+    linger: Option<Box<Linger>>,
+}
+
+/// The state of a lingering close.
+#[derive(Debug)]
+struct Linger {
+    /// Our end of the stream has been shut.
+    shut: bool,
+    /// When the client's next bytes are due.
+    quiet: Pin<Box<Sleep>>,
+    /// When the close ends whatever the client does.
+    until: Instant,
 }
 
 impl<T> ClientIo<T> {
@@ -405,7 +439,14 @@ impl<T> ClientIo<T> {
             activity,
             refused: None,
             sniffed: 0,
+            linger: None,
         }
+    }
+
+    /// Whether closing now would leave request bytes unread: the stream ends inside a body,
+    /// or after a refused request.
+    fn unread_request_bytes(&self) -> bool {
+        self.refused.is_some() || self.framing.as_ref().is_some_and(|f| f.in_body())
     }
 
     fn touched(&self) {
@@ -471,7 +512,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -509,7 +550,48 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger.is_none() {
+            if !this.unread_request_bytes() {
+                return Pin::new(&mut this.inner).poll_shutdown(cx);
+            }
+            let now = Instant::now();
+            this.linger = Some(Box::new(Linger {
+                shut: false,
+                quiet: Box::pin(tokio::time::sleep_until(now + LINGER_QUIET)),
+                until: now + LINGER_TOTAL,
+            }));
+        }
+        let Some(linger) = this.linger.as_mut() else {
+            unreachable!("set above")
+        };
+        if !linger.shut {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            linger.shut = true;
+        }
+        // The answer is on its way with our end of the stream; what the client still
+        // sends is read and dropped until it ends its side, falls quiet, or time is up.
+        let mut scratch = [0u8; 8192];
+        for _ in 0..LINGER_READS_PER_POLL {
+            if Instant::now() >= linger.until {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    let next = (Instant::now() + LINGER_QUIET).min(linger.until);
+                    linger.quiet.as_mut().reset(next);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    ready!(linger.quiet.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -571,6 +653,24 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;name=\"v a\"\r\na\nb\r\n0\r\nx-t: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
         );
         untouched(b"\r\nGET / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nab");
+    }
+
+    #[test]
+    fn in_body_tells_when_more_of_a_body_is_due() {
+        let mut framing = Framing::new();
+        assert!(!framing.in_body());
+        assert_eq!(
+            framing.feed(b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc"),
+            None
+        );
+        assert!(framing.in_body(), "3 of 6 body bytes read");
+        assert_eq!(framing.feed(b"def"), None);
+        assert!(!framing.in_body(), "the body is whole");
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+        assert_eq!(framing.feed(chunked), None);
+        assert!(framing.in_body(), "the last chunk is still due");
+        assert_eq!(framing.feed(b"0\r\n\r\n"), None);
+        assert!(!framing.in_body());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use service_runtime::otlp::{self, AttrValue, SpanEnd, SpanName, SpanStart, Trace
 use tokio::sync::oneshot;
 
 use crate::body::replay::Replayer;
-use crate::body::{BodyMeter, Finish, RequestBody, Source, UpstreamBody};
+use crate::body::{BodyMeter, Finish, RequestBody, Source, Upload, UpstreamBody};
 use crate::error::ProxyError;
 use crate::framing::Activity;
 use crate::headers;
@@ -455,6 +455,15 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             let err = ProxyError::UpgradeNotSupported;
             (&route.targets[0], Err(err), complete, None, None, None)
         }
+        Ok(_)
+            if route
+                .max_body
+                .is_some_and(|limit| req.body().size_hint().lower() > limit) =>
+        {
+            // A declared length past the route's limit: refused with nothing read or sent.
+            let err = ProxyError::RequestBodyTooLarge;
+            (&route.targets[0], Err(err), false, None, None, None)
+        }
         Ok(tenant_permit) => 'forward: {
             let (mut parts, mut body) = req.into_parts();
             // An HTTP/1.1 chunked body: its first chunk is read before anything goes
@@ -534,10 +543,12 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             // headers, and starts once the request body has been read: a client still
             // uploading is not a slow model server.
             let deadline = pin!(async {
-                if let Some(done) = upload_done
-                    && done.await == Ok(false)
-                {
-                    return Deadline::ClientBodyFailed;
+                if let Some(done) = upload_done {
+                    match done.await {
+                        Ok(Upload::Failed) => return Deadline::ClientBodyFailed,
+                        Ok(Upload::TooLarge) => return Deadline::BodyTooLarge,
+                        Ok(Upload::Complete) | Err(_) => {}
+                    }
                 }
                 tokio::time::sleep(route.timeout).await;
                 Deadline::Elapsed
@@ -622,7 +633,8 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             own_error = Some(err);
             tracing::debug!(route = %route.key, cluster = %served_by.cluster.name, error = %err, code = err.as_label(), "request failed");
             let mut resp = err.into_response(Some(route.key.as_bytes()), grpc);
-            let complete = body_complete && err != ProxyError::MalformedRequest;
+            // A malformed or cut-off body ends its connection: what follows cannot be trusted.
+            let complete = body_complete && !err.ends_connection();
             close_if_body_unread(&mut resp, downstream_version, complete);
             if let Some(value) = &served_by.cluster.served_by_cluster {
                 resp.headers_mut().insert(headers::SERVED_BY, value.clone());
@@ -705,7 +717,7 @@ fn unrouted(
 ) -> Response<ProxyBody> {
     let mut resp = err.into_response(key, grpc);
     // A malformed request ends its connection: what follows it cannot be trusted.
-    let complete = req.body().is_end_stream() && err != ProxyError::MalformedRequest;
+    let complete = req.body().is_end_stream() && !err.ends_connection();
     close_if_body_unread(&mut resp, req.version(), complete);
     if let Some(value) = served_by {
         resp.headers_mut().insert(headers::SERVED_BY, value.clone());
@@ -794,7 +806,7 @@ impl Outgoing {
         (body, first): (Incoming, Option<Frame<Bytes>>),
         tee: Option<crate::body::tee::Sender>,
         tally: Option<Arc<AtomicU64>>,
-    ) -> (Self, Option<oneshot::Receiver<bool>>) {
+    ) -> (Self, Option<oneshot::Receiver<Upload>>) {
         let empty = first.is_none() && body.is_end_stream();
         let meter = |route: &Route| BodyMeter {
             counter: route.request_meter(),
@@ -803,7 +815,7 @@ impl Outgoing {
         match &route.retry {
             None => {
                 let meter = (!empty).then(|| meter(route));
-                let (body, done) = RequestBody::new(body, first, tee, meter);
+                let (body, done) = RequestBody::new(body, first, tee, meter, route.max_body);
                 (Outgoing::Once(Some(Request::from_parts(parts, body))), done)
             }
             Some(policy) => {
@@ -813,7 +825,8 @@ impl Outgoing {
                     }
                     (None, None)
                 } else {
-                    let (source, done) = Source::new(body, first, tee, Some(meter(route)));
+                    let meter = Some(meter(route));
+                    let (source, done) = Source::new(body, first, tee, meter, route.max_body);
                     (Some(Replayer::new(source, policy.replay_cap)), Some(done))
                 };
                 let out = Outgoing::Replay {
@@ -983,6 +996,8 @@ enum Deadline {
     Elapsed,
     /// The client's body failed (malformed chunk, or the client went away).
     ClientBodyFailed,
+    /// The client's body grew past the route's `max_request_body_bytes`.
+    BodyTooLarge,
 }
 
 impl Deadline {
@@ -998,6 +1013,7 @@ impl Deadline {
         match self {
             Deadline::Elapsed => ProxyError::UpstreamTimeout,
             Deadline::ClientBodyFailed => ProxyError::MalformedRequest,
+            Deadline::BodyTooLarge => ProxyError::RequestBodyTooLarge,
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct Route {
     pub tenants: Box<[Arc<str>]>,
     /// Where synthetic and replay traffic goes, when the route separates it.
     pub synthetic: Option<RouteTarget>,
+    /// The largest request body taken (`max_request_body_bytes`), when limited.
+    pub max_body: Option<u64>,
     /// Request body bytes of this route (registered on first use).
     request_bytes: std::sync::OnceLock<metrics::Counter>,
 }
@@ -501,6 +503,7 @@ impl RouteTable {
                         .synthetic_cluster
                         .as_deref()
                         .map(|name| target(cluster(name))),
+                    max_body: spec.max_request_body_bytes,
                     request_bytes: std::sync::OnceLock::new(),
                 }),
             );

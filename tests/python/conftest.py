@@ -35,6 +35,8 @@ DEADLINE = 30.0
 
 # The header the router routes on.
 ROUTING_HEADER = "x-routing-key"
+# The request body limit of the `ranker-small` route, in bytes.
+SMALL_ROUTE_LIMIT = 65536
 
 
 def binary(name: str) -> Path:
@@ -225,6 +227,8 @@ def platform(processes: Processes, tmp_path_factory: pytest.TempPathFactory) -> 
         "routes": {
             "ranker-v1": {"cluster": "ranker-v1"},
             "ranker-v2": {"cluster": "ranker-v2"},
+            # The same model behind a request body limit (`max_request_body_bytes`).
+            "ranker-small": {"cluster": "ranker-v1", "max_request_body_bytes": SMALL_ROUTE_LIMIT},
         },
     }
     router = start_router(processes, rules, tmp_path_factory.mktemp("rules"))

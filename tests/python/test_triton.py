@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROUTING_HEADER, Platform
+from conftest import ROUTING_HEADER, SMALL_ROUTE_LIMIT, Platform
 
 KEYS = ["ranker-v1", "ranker-v2"]
 NP_TYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
@@ -153,3 +153,39 @@ def test_an_unknown_routing_key_is_the_routers_own_answer(http_client, grpc_clie
     with pytest.raises(InferenceServerException) as err:
         grpc_client.get_server_metadata(headers=headers("nope"))
     assert "NOT_FOUND" in str(err.value.status()), err.value
+
+
+# === the per-route request body limit (`max_request_body_bytes`) ===
+
+
+def big_and_small_inputs(client_module):
+    """An FP32 tensor four times the ``ranker-small`` limit, and one well within it."""
+    big = np.ones((SMALL_ROUTE_LIMIT,), dtype=np.float32)
+    small = np.arange(16, dtype=np.float32)
+    inputs = []
+    for x in (big, small):
+        inp = client_module.InferInput("INPUT0", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        inputs.append((x, inp))
+    return inputs
+
+
+def test_http_infer_past_the_route_body_limit_is_413(http_client):
+    (_, big), (small_x, small) = big_and_small_inputs(httpclient)
+    with pytest.raises(InferenceServerException) as refused:
+        http_client.infer("ranker", [big], headers=headers("ranker-small"))
+    assert refused.value.status() == "413", refused.value
+    assert "request_body_too_large" in str(refused.value.message()), refused.value
+    # The same route still takes a body within the limit.
+    result = http_client.infer("ranker", [small], headers=headers("ranker-small"))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), small_x * 2)
+
+
+def test_grpc_infer_past_the_route_body_limit_is_resource_exhausted(grpc_client):
+    (_, big), (small_x, small) = big_and_small_inputs(grpcclient)
+    with pytest.raises(InferenceServerException) as refused:
+        grpc_client.infer("ranker", [big], headers=headers("ranker-small"))
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED", refused.value
+    assert "request_body_too_large" in str(refused.value.message()), refused.value
+    result = grpc_client.infer("ranker", [small], headers=headers("ranker-small"))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), small_x * 2)

@@ -1422,6 +1422,25 @@ fn tenants_are_declared_and_their_limits_checked() {
     );
 }
 
+#[test]
+fn max_request_body_bytes_is_in_range() {
+    let mut value: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+    value["routes"]["ranker-v1"]["max_request_body_bytes"] = serde_json::json!(0);
+    value["routes"]["ranker-v2"]["max_request_body_bytes"] = serde_json::json!(1u64 << 41);
+    let rules: RuleSet = serde_json::from_value(value.clone()).unwrap();
+    assert_errors(
+        &rules,
+        &[
+            r#"$.routes["ranker-v1"].max_request_body_bytes: max_request_body_bytes 0 is out of range 1..=1099511627776"#,
+            r#"$.routes["ranker-v2"].max_request_body_bytes: max_request_body_bytes 2199023255552 is out of range 1..=1099511627776"#,
+        ],
+    );
+    value["routes"]["ranker-v1"]["max_request_body_bytes"] = serde_json::json!(1);
+    value["routes"]["ranker-v2"]["max_request_body_bytes"] = serde_json::json!(1u64 << 40);
+    let rules: RuleSet = serde_json::from_value(value).unwrap();
+    warnings(&rules);
+}
+
 // === upstream TLS (DESIGN §11 `tls`, §12) ===
 
 #[test]

@@ -8,6 +8,7 @@
 //! integration-tests`.
 
 mod balance;
+mod body_limit;
 mod config_api;
 mod config_store;
 mod control_plane;
