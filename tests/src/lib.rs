@@ -45,6 +45,7 @@
 pub mod black_hole;
 pub mod client;
 pub mod demo_model;
+pub mod envoy;
 pub mod etcd;
 pub mod fake_grpc;
 pub mod fake_model;

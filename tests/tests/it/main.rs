@@ -37,3 +37,4 @@ mod telemetry;
 mod tenancy;
 mod upstream_tls;
 mod websocket;
+mod xds;
