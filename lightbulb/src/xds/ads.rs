@@ -324,9 +324,32 @@ impl Session {
         }
     }
 
-    fn next_nonce(&mut self) -> String {
+    /// The resources of type `ty` when a response of that type is due for `current`: Envoy
+    /// follows the type, has not got this generation (or asked for something new), and the
+    /// gate is open.
+    fn due<'c>(&self, ty: usize, current: &'c Published) -> Option<&'c BTreeMap<String, Any>> {
+        let st = &self.types[ty];
+        let generation = current.generation;
+        if !st.subscribed || !(st.due || st.synced != Some(generation)) {
+            return None;
+        }
+        if !self.gate_open(ty, generation) {
+            return None;
+        }
+        current.resources.of_type(TYPES[ty])
+    }
+
+    /// Records a response of type `ty` for `generation` going out; returns its nonce.
+    fn sent(&mut self, ty: usize, generation: u64) -> String {
         self.nonce += 1;
-        self.nonce.to_string()
+        let nonce = self.nonce.to_string();
+        let st = &mut self.types[ty];
+        st.last = Some((nonce.clone(), generation));
+        st.awaiting = true;
+        st.synced = Some(generation);
+        st.due = false;
+        metrics::counter!(crate::metrics::XDS_PUSHES_TOTAL, "type" => TYPE_LABELS[ty]).increment(1);
+        nonce
     }
 
     /// Whether type `ty` may get generation `generation` now. Clusters and endpoints go at
@@ -390,34 +413,21 @@ impl Session {
     pub fn sotw_flush(&mut self, current: &Published) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
         let generation = current.generation;
-        for ty in 0..TYPES.len() {
-            let st = &self.types[ty];
-            if !st.subscribed || !(st.due || st.synced != Some(generation)) {
-                continue;
-            }
-            if !self.gate_open(ty, generation) {
-                continue;
-            }
-            let Some(all) = current.resources.of_type(TYPES[ty]) else {
+        for (ty, type_url) in TYPES.iter().enumerate() {
+            let Some(all) = self.due(ty, current) else {
                 continue;
             };
+            let st = &self.types[ty];
             let resources: Vec<Any> = all
                 .iter()
                 .filter(|(name, _)| st.wildcard || st.names.contains(*name))
                 .map(|(_, any)| any.clone())
                 .collect();
-            let nonce = self.next_nonce();
-            let st = &mut self.types[ty];
-            st.last = Some((nonce.clone(), generation));
-            st.awaiting = true;
-            st.synced = Some(generation);
-            st.due = false;
-            metrics::counter!(crate::metrics::XDS_PUSHES_TOTAL, "type" => TYPE_LABELS[ty])
-                .increment(1);
+            let nonce = self.sent(ty, generation);
             out.push(DiscoveryResponse {
                 version_info: current.resources.version.to_string(),
                 resources,
-                type_url: TYPES[ty].to_owned(),
+                type_url: (*type_url).to_owned(),
                 nonce,
                 control_plane: Some(control_plane()),
                 ..DiscoveryResponse::default()
@@ -482,17 +492,11 @@ impl Session {
     pub fn delta_flush(&mut self, current: &Published) -> Vec<DeltaDiscoveryResponse> {
         let mut out = Vec::new();
         let generation = current.generation;
-        for ty in 0..TYPES.len() {
-            let st = &self.types[ty];
-            if !st.subscribed || !(st.due || st.synced != Some(generation)) {
-                continue;
-            }
-            if !self.gate_open(ty, generation) {
-                continue;
-            }
-            let Some(all) = current.resources.of_type(TYPES[ty]) else {
+        for (ty, type_url) in TYPES.iter().enumerate() {
+            let Some(all) = self.due(ty, current) else {
                 continue;
             };
+            let st = &self.types[ty];
             let wanted = |name: &str| st.wildcard || st.names.contains(name);
             let mut resources = Vec::new();
             for (name, any) in all.iter().filter(|(name, _)| wanted(name)) {
@@ -539,16 +543,11 @@ impl Session {
                 st.known.remove(name);
             }
             st.reported_missing.extend(missing);
-            let nonce = self.next_nonce();
-            let st = &mut self.types[ty];
-            st.last = Some((nonce.clone(), generation));
-            st.awaiting = true;
-            metrics::counter!(crate::metrics::XDS_PUSHES_TOTAL, "type" => TYPE_LABELS[ty])
-                .increment(1);
+            let nonce = self.sent(ty, generation);
             out.push(DeltaDiscoveryResponse {
                 system_version_info: current.resources.version.to_string(),
                 resources,
-                type_url: TYPES[ty].to_owned(),
+                type_url: (*type_url).to_owned(),
                 removed_resources: removed,
                 nonce,
                 control_plane: Some(control_plane()),

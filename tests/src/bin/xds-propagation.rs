@@ -7,8 +7,9 @@
 //! `deploy/envoy/bootstrap.yaml`. Each round moves route `probe` to the other cluster with
 //! `PUT /v1/config` and measures, for every Envoy, the time from the `200` of the `PUT` to
 //! the first answer from the new cluster (each Envoy polled back to back over one keep-alive
-//! connection). It prints one line per round and a summary: the median over rounds of the
-//! slowest Envoy, and of the median Envoy, in milliseconds.
+//! connection). One router following the same Lightbulb over `RoutingConfig.Watch` is
+//! measured alike, for comparison. It prints one line per round and a summary: the median
+//! over rounds of the slowest Envoy, of the median Envoy, and of the router, in ms.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use http::{Method, header};
 use integration_tests::client::{self, HttpClient};
 use integration_tests::envoy::{EnvoyOptions, EnvoyProcess};
 use integration_tests::lightbulb::LightbulbProcess;
-use integration_tests::{FakeModel, Listening};
+use integration_tests::{FakeModel, Listening, RouterProcess};
 use serde_json::{Value, json};
 
 /// The config API token of the run.
@@ -98,13 +99,18 @@ async fn main() {
         envoys.push(EnvoyProcess::start(&options).await);
     }
     let listeners: Vec<SocketAddr> = envoys.iter().map(|e| e.listener).collect();
-    for &envoy in &listeners {
-        served_after(envoy, "a", Instant::now()).await;
+    // One router follows the same Lightbulb over `RoutingConfig.Watch`, measured alike.
+    let snapshots = tempfile::tempdir().expect("a temp dir");
+    let router =
+        RouterProcess::start_following(&[lightbulb.grpc_url()], snapshots.path(), &[]).await;
+    for &proxy in listeners.iter().chain([&router.proxy_addr]) {
+        served_after(proxy, "a", Instant::now()).await;
     }
 
     let flavour = if args.delta { "delta" } else { "sotw" };
     let mut slowest = Vec::new();
     let mut medians = Vec::new();
+    let mut router_times = Vec::new();
     for round in 0..args.rounds {
         let target = if round % 2 == 0 { "b" } else { "a" };
         let next = rules(args.routes, target, &a, &b);
@@ -117,28 +123,33 @@ async fn main() {
         let resp = lightbulb.http_send(req).await;
         assert_eq!(resp.status, 200, "PUT: {}", resp.text());
         let accepted = Instant::now();
-        let times = futures_util::future::join_all(
-            listeners
-                .iter()
-                .map(|&envoy| served_after(envoy, target, accepted)),
-        )
-        .await;
+        let (times, router_time) = tokio::join!(
+            futures_util::future::join_all(
+                listeners
+                    .iter()
+                    .map(|&envoy| served_after(envoy, target, accepted)),
+            ),
+            served_after(router.proxy_addr, target, accepted)
+        );
+        let router_ms = router_time.as_secs_f64() * 1e3;
+        router_times.push(router_ms);
         let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
         let max = ms.iter().copied().fold(0.0, f64::max);
         let mid = median(&mut ms);
         println!(
-            "{flavour} envoys={} routes={} round={round}: median {mid:.1} ms, slowest {max:.1} ms",
+            "{flavour} envoys={} routes={} round={round}: median {mid:.1} ms, slowest {max:.1} ms, router {router_ms:.1} ms",
             args.envoys, args.routes
         );
         slowest.push(max);
         medians.push(mid);
     }
     println!(
-        "summary {flavour} envoys={} routes={}: PUT accepted -> served, median over {} rounds: median Envoy {:.1} ms, slowest Envoy {:.1} ms",
+        "summary {flavour} envoys={} routes={}: PUT accepted -> served, median over {} rounds: median Envoy {:.1} ms, slowest Envoy {:.1} ms, the router (Watch) {:.1} ms",
         args.envoys,
         args.routes,
         args.rounds,
         median(&mut medians),
-        median(&mut slowest)
+        median(&mut slowest),
+        median(&mut router_times)
     );
 }

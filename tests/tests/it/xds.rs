@@ -66,6 +66,17 @@ async fn served(proxy: std::net::SocketAddr, key: &str) -> String {
     resp.text()
 }
 
+/// Waits until `key` through `envoy` is answered by the fake named `want`.
+async fn wait_for_answer(envoy: &EnvoyProcess, key: &str, want: &str) {
+    let http = HttpClient::http1();
+    wait_until(
+        &format!("{key} reaches {want} through Envoy"),
+        DEADLINE,
+        || async { http.get(envoy.listener, "/", Some(key)).await.text() == want },
+    )
+    .await;
+}
+
 /// A directory with the config API's token file.
 fn token_dir() -> TempDir {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -267,14 +278,7 @@ async fn a_new_cluster_is_in_envoy_before_the_route_that_uses_it() {
         new_fakes.push(fake);
         let resp = put_config(&lightbulb, version, &next).await;
         assert_eq!(resp.status, 200, "PUT: {}", resp.text());
-        wait_until("k reaches the new cluster", DEADLINE, || async {
-            HttpClient::http1()
-                .get(envoy.listener, "/", Some("k"))
-                .await
-                .text()
-                == want
-        })
-        .await;
+        wait_for_answer(&envoy, "k", &want).await;
         load.stop.store(true, Ordering::SeqCst);
         let sent = load.task.await.expect("the load task");
         let failures = load.failures.lock().expect("not poisoned").clone();
@@ -352,14 +356,7 @@ async fn envoy_fails_over_to_a_second_lightbulb_replica_on_etcd() {
         .expect("a version");
     let resp = put_config(&survivor, version, &rules("b", &a, &b)).await;
     assert_eq!(resp.status, 200, "PUT: {}", resp.text());
-    wait_until("k reaches b through Envoy", DEADLINE, || async {
-        HttpClient::http1()
-            .get(envoy.listener, "/", Some("k"))
-            .await
-            .text()
-            == "b"
-    })
-    .await;
+    wait_for_answer(&envoy, "k", "b").await;
     assert_eq!(
         survivor
             .metric(
@@ -400,14 +397,7 @@ async fn a_rule_set_envoy_rejects_is_a_nack_lightbulb_counts() {
     // The next good rule set is taken.
     let resp = put_config(&lightbulb, 2, &rules("b", &a, &b)).await;
     assert_eq!(resp.status, 200, "PUT: {}", resp.text());
-    wait_until("k reaches b through Envoy", DEADLINE, || async {
-        HttpClient::http1()
-            .get(envoy.listener, "/", Some("k"))
-            .await
-            .text()
-            == "b"
-    })
-    .await;
+    wait_for_answer(&envoy, "k", "b").await;
 }
 
 #[tokio::test]
