@@ -19,6 +19,9 @@
 #        cargo build --release -p router && cargo build -p integration-tests --bin bench-fixture)
 #        SETS="bare prod" benches/harness/callgrind.sh h1   runs only those sets;
 #        KEEP=DIR keeps each run's callgrind output as DIR/SET-N.out (for callgrind_annotate).
+#        After the table, each set's instructions per request by component (components.py:
+#        router, hyper, h2, http/httparse/bytes, tokio, allocator, libc, ...); COMPONENTS=0
+#        leaves that out, TOP=K adds the K most expensive functions.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -115,6 +118,7 @@ total_instructions() {
         echo "callgrind.sh: not every request succeeded:" >&2; cat "$WORK/h2load.log" >&2; }
     kill -INT "$pid"
     wait "$pid" || true
+    cp "$out" "$WORK/$CURRENT_SET-$n.out"
     [[ -n "${KEEP:-}" ]] && cp "$out" "$KEEP/$CURRENT_SET-$n.out"
     grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'
 }
@@ -145,3 +149,12 @@ for set in $SETS; do
     [[ "$set" == bare ]] && PER_bare="$per"
     printf '%-14s %14s %14s %12s %8s\n' "$set" "$a" "$b" "$per" "$ratio"
 done
+# The same slope per component (router, hyper, h2, tokio, allocator, ...) for each set.
+if [[ "${COMPONENTS:-1}" != 0 ]]; then
+    for set in $SETS; do
+        echo
+        echo "$set: instructions per request by component"
+        "$PY" "$HERE/components.py" "$N1" "$WORK/$set-$N1.out" "$N2" "$WORK/$set-$N2.out" \
+            --top "${TOP:-0}"
+    done
+fi
