@@ -8,9 +8,11 @@
 # with OTLP span export at 100% sampling (to a local sink that accepts every span). The
 # noise-free figure for small changes (wall-clock CPU drifts run to run).
 #
-# For each rule set the router runs twice under callgrind, serving N1 and N2 requests
-# (h2load, HTTP/1.1 or h2c); instructions per request = (total(N2) - total(N1)) / (N2 - N1),
-# so start-up and shutdown cancel out. The production set's health checks probe every 60 s
+# For each rule set the router runs twice under callgrind; each run serves WARMUP requests
+# (default 1,000), has its counts zeroed (callgrind_control -z), serves N1 or N2 requests
+# (h2load, HTTP/1.1 or h2c) and has them dumped (callgrind_control -d); instructions per
+# request = (count(N2) - count(N1)) / (N2 - N1), so start-up, shutdown and the fixed cost of
+# each load (its connections) stay out. The production set's health checks probe every 60 s
 # here, so the background probes (one per second per endpoint in the harness) do not skew
 # the per-request slope under valgrind's slow clock.
 #
@@ -30,6 +32,7 @@ PY="${PYTHON:-python3}"
 PROTO="${1:-h1}"
 N1="${2:-2000}"
 N2="${3:-12000}"
+WARMUP="${WARMUP:-1000}"
 ROUTER_BIN="${ROUTER_BIN:-$ROOT/target/release/router}"
 FIXTURE_BIN="${FIXTURE_BIN:-$ROOT/target/debug/bench-fixture}"
 SETS="${SETS:-bare health retry prod mirror jwt otlp}"
@@ -101,26 +104,38 @@ if [[ " $SETS " == *" otlp "* ]]; then
     for _ in $(seq 100); do grep -q "listening" "$WORK/sink.log" && break; sleep 0.1; done
 fi
 
-# total_instructions CONFIG N [ROUTER ARGS...]: callgrind's total for a router that served N
-# requests (with AUTH, when set, as the Authorization header).
+# load N: N requests through the router with h2load (AUTH, when set, as the Authorization
+# header); says so when any failed.
+load() {
+    local auth=()
+    [[ -n "${AUTH:-}" ]] && auth=(-H "authorization: Bearer $AUTH")
+    h2load "${h2flag[@]}" -n "$1" -c 4 -m 1 -H "x-tenant-id: bench" -H "x-routing-key: $KEY" \
+        "${auth[@]}" "http://127.0.0.1:$PORT/" >"$WORK/h2load.log"
+    grep -q " 0 failed, 0 errored" "$WORK/h2load.log" && grep -q " 0 4xx, 0 5xx" "$WORK/h2load.log" || {
+        echo "callgrind.sh: not every request succeeded:" >&2; cat "$WORK/h2load.log" >&2; }
+}
+
+# total_instructions CONFIG N [ROUTER ARGS...]: callgrind's count for a warm router serving N
+# requests. The router first serves WARMUP requests (first-use initialisation, clock
+# calibration, pools), then its counters are zeroed, N requests are served and the counts
+# are dumped: start-up, whose cost depends on timing under valgrind, stays out.
 total_instructions() {
     local config="$1" n="$2" out="$WORK/cg.out" log="$WORK/router.log"
     shift 2
+    rm -f "$out" "$out".*
     valgrind --tool=callgrind --callgrind-out-file="$out" "$ROUTER_BIN" --config "$config" \
         --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --workers 1 "$@" >"$log" 2>&1 &
     local pid=$!
     for _ in $(seq 600); do grep -q "router listening" "$log" && break; sleep 0.1; done
-    local auth=()
-    [[ -n "${AUTH:-}" ]] && auth=(-H "authorization: Bearer $AUTH")
-    h2load "${h2flag[@]}" -n "$n" -c 4 -m 1 -H "x-tenant-id: bench" -H "x-routing-key: $KEY" \
-        "${auth[@]}" "http://127.0.0.1:$PORT/" >"$WORK/h2load.log"
-    grep -q " 0 failed, 0 errored" "$WORK/h2load.log" && grep -q " 0 4xx, 0 5xx" "$WORK/h2load.log" || {
-        echo "callgrind.sh: not every request succeeded:" >&2; cat "$WORK/h2load.log" >&2; }
+    load "$WARMUP"
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    load "$n"
+    callgrind_control -d "$pid" >/dev/null 2>&1
     kill -INT "$pid"
     wait "$pid" || true
-    cp "$out" "$WORK/$CURRENT_SET-$n.out"
-    [[ -n "${KEEP:-}" ]] && cp "$out" "$KEEP/$CURRENT_SET-$n.out"
-    grep -E '^(summary|totals):' "$out" | head -n 1 | awk '{print $2}'
+    cp "$out.1" "$WORK/$CURRENT_SET-$n.out"
+    [[ -n "${KEEP:-}" ]] && cp "$out.1" "$KEEP/$CURRENT_SET-$n.out"
+    grep -E '^(summary|totals):' "$out.1" | head -n 1 | awk '{print $2}'
 }
 
 printf '%-14s %14s %14s %12s %8s\n' "rule set" "I($N1)" "I($N2)" "instr/req" "/ bare"

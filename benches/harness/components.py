@@ -17,9 +17,11 @@ K most expensive functions.
 """
 
 import argparse
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 
 # Component of a cargo registry crate, by crate name (the directory is NAME-VERSION).
@@ -92,14 +94,46 @@ def classify(file_fn: str) -> str:
     return "std (unattributed)"
 
 
+def without_open_calls(path: str) -> str:
+    """The profile without its `calls=0` edges, written to a temporary file.
+
+    A dump made after `callgrind_control -z` records each call that was on the stack when
+    the counts were zeroed (the thread's start, the runtime's loop) as made zero times with
+    everything since as its cost, which callgrind_annotate then counts as the caller's own.
+    Self costs do not need call edges, so those are dropped.
+    """
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        skip = False
+        for line in f:
+            if skip:
+                skip = False
+                continue
+            if line.startswith("calls=0 "):
+                skip = True  # and the cost line that follows it
+                if kept and kept[-1].startswith(("cfn=", "cfi=", "cfl=", "cob=")):
+                    while kept and kept[-1].startswith(("cfn=", "cfi=", "cfl=", "cob=")):
+                        kept.pop()
+                continue
+            kept.append(line)
+    tmp = tempfile.NamedTemporaryFile("w", suffix=".out", delete=False, encoding="utf-8")
+    with tmp:
+        tmp.writelines(kept)
+    return tmp.name
+
+
 def self_costs(path: str) -> Counter:
     """Self cost of every function of one callgrind output."""
-    out = subprocess.run(
-        ["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", path],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    cleaned = without_open_calls(path)
+    try:
+        out = subprocess.run(
+            ["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", cleaned],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(cleaned)
     costs: Counter = Counter()
     table = False
     for line in out.splitlines():

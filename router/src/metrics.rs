@@ -4,7 +4,7 @@
 //! request, then reused: the hot path only does atomic increments. A 100,000-key table that
 //! serves ten keys registers ten sets of series, not a million.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -111,7 +111,36 @@ pub const UNKNOWN_ROUTE: &str = "unknown";
 /// Label used for the cluster of requests that reached none.
 pub const NO_CLUSTER: &str = "none";
 
-static ACTIVE: AtomicI64 = AtomicI64::new(0);
+/// Requests in flight, striped so that workers do not write one shared cache line: each
+/// thread counts on its own stripe and a scrape sums them. A request is taken off the
+/// stripe it was counted on, wherever it ends.
+static ACTIVE: [Stripe; STRIPES] = [const { Stripe(AtomicI64::new(0)) }; STRIPES];
+/// Stripes of [`ACTIVE`]: threads beyond this many share them round robin.
+const STRIPES: usize = 16;
+
+/// One counter on a cache line of its own (128 bytes: adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+struct Stripe(AtomicI64);
+
+/// The stripe of the calling thread.
+fn stripe() -> &'static AtomicI64 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+    let i = MINE.with(|mine| {
+        if mine.get() == usize::MAX {
+            mine.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        mine.get()
+    });
+    &ACTIVE[i].0
+}
+
+/// Requests in flight in this process, over every worker.
+pub fn active_requests() -> i64 {
+    ACTIVE.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+}
 
 /// Status codes with a preregistered counter slot; others are looked up per request.
 const STATUS_SLOTS: [u16; 16] = [
@@ -277,24 +306,25 @@ pub fn record_endpoint(cluster: &str, endpoint: &str, healthy: bool, ejected: bo
 
 /// Publishes gauges that are kept as plain atomics on the hot path; called before a scrape.
 pub fn refresh_gauges() {
-    metrics::gauge!(ACTIVE_REQUESTS).set(ACTIVE.load(Ordering::Relaxed) as f64);
+    metrics::gauge!(ACTIVE_REQUESTS).set(active_requests() as f64);
 }
 
-/// Counts one request in flight until dropped.
+/// Counts one request in flight until dropped (on the stripe of the thread it started on).
 #[derive(Debug)]
-pub struct ActiveRequest(());
+pub struct ActiveRequest(&'static AtomicI64);
 
 impl ActiveRequest {
     /// Starts counting.
     pub fn start() -> Self {
-        ACTIVE.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(())
+        let stripe = stripe();
+        stripe.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(stripe)
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        ACTIVE.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -542,4 +572,36 @@ pub fn record_stale_snapshot() {
 pub fn record_snapshot_write(ok: bool) {
     metrics::counter!(SNAPSHOT_WRITES_TOTAL, "result" => if ok { "ok" } else { "error" })
         .increment(1);
+}
+
+#[cfg(test)]
+mod active_tests {
+    use super::{ActiveRequest, active_requests};
+
+    #[test]
+    fn requests_in_flight_are_summed_over_every_thread_and_released_anywhere() {
+        // Other tests of this binary may hold requests too: compare with a baseline taken
+        // while this test's threads hold theirs.
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..20)
+            .map(|_| {
+                let tx = hold_tx.clone();
+                std::thread::spawn(move || {
+                    let held: Vec<ActiveRequest> = (0..5).map(|_| ActiveRequest::start()).collect();
+                    tx.send(held).unwrap();
+                })
+            })
+            .collect();
+        drop(hold_tx);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let held: Vec<Vec<ActiveRequest>> = hold_rx.iter().collect();
+        let during = active_requests();
+        let count = held.iter().map(Vec::len).sum::<usize>() as i64;
+        assert_eq!(count, 100);
+        // Dropped here, on another thread than each was counted on.
+        drop(held);
+        assert_eq!(during - active_requests(), count);
+    }
 }
