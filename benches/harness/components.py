@@ -165,6 +165,8 @@ def main() -> int:
         by_component[classify(fn)] += cost
     total = sum(by_component.values())
     for component, cost in sorted(by_component.items(), key=lambda kv: -kv[1]):
+        if abs(cost) < 0.5:
+            continue
         print(f"  {component:<38} {cost:>9,.0f}  {100 * cost / total:5.1f} %")
     print(f"  {'total':<38} {total:>9,.0f}")
     if args.top:
