@@ -110,10 +110,9 @@ def without_open_calls(path: str) -> str:
                 skip = False
                 continue
             if line.startswith("calls=0 "):
-                skip = True  # and the cost line that follows it
-                if kept and kept[-1].startswith(("cfn=", "cfi=", "cfl=", "cob=")):
-                    while kept and kept[-1].startswith(("cfn=", "cfi=", "cfl=", "cob=")):
-                        kept.pop()
+                # The cost line that follows goes too. The `cfn=`/`cfi=` lines before it
+                # stay: they may be where a compressed name is defined for later lines.
+                skip = True
                 continue
             kept.append(line)
     tmp = tempfile.NamedTemporaryFile("w", suffix=".out", delete=False, encoding="utf-8")

@@ -315,6 +315,52 @@ pub enum TrafficClass {
     Replay,
 }
 
+/// The router's own request headers: the first value of the routing key, the traffic class
+/// and the tenant header, as `HeaderMap::get` gives them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OwnHeaders<'h> {
+    /// The routing-key header (`x-routing-key` unless renamed).
+    pub routing_key: Option<&'h HeaderValue>,
+    /// `x-traffic-class`.
+    pub traffic_class: Option<&'h HeaderValue>,
+    /// The tenant header (`x-tenant-id` unless renamed).
+    pub tenant: Option<&'h HeaderValue>,
+}
+
+/// Heads with more values than this are searched with one hashed lookup per header instead
+/// of one pass over them all.
+const SCAN_LIMIT: usize = 32;
+
+impl<'h> OwnHeaders<'h> {
+    /// Finds the three in `headers`: for a head of up to [`SCAN_LIMIT`] values, in one pass
+    /// comparing names (most are standard headers, told apart from these without reading a
+    /// byte), which costs less than hashing each of the three names for a lookup.
+    #[inline]
+    pub fn find(headers: &'h HeaderMap, routing: &HeaderName, tenant: &HeaderName) -> Self {
+        if headers.len() > SCAN_LIMIT {
+            return OwnHeaders {
+                routing_key: headers.get(routing),
+                traffic_class: headers.get(TRAFFIC_CLASS),
+                tenant: headers.get(tenant),
+            };
+        }
+        let mut own = OwnHeaders::default();
+        for (name, value) in headers {
+            // Each on its own: a renamed header may share a name with another.
+            if own.routing_key.is_none() && name == routing {
+                own.routing_key = Some(value);
+            }
+            if own.traffic_class.is_none() && *name == TRAFFIC_CLASS {
+                own.traffic_class = Some(value);
+            }
+            if own.tenant.is_none() && name == tenant {
+                own.tenant = Some(value);
+            }
+        }
+        own
+    }
+}
+
 impl TrafficClass {
     /// How many classes there are.
     pub const COUNT: usize = 4;
@@ -322,7 +368,13 @@ impl TrafficClass {
     /// The class of a request with `headers`; `None` when the header holds another value.
     #[inline]
     pub fn of(headers: &HeaderMap) -> Option<Self> {
-        match headers.get(TRAFFIC_CLASS).map(HeaderValue::as_bytes) {
+        Self::from_value(headers.get(TRAFFIC_CLASS))
+    }
+
+    /// The class a `x-traffic-class` value (`None`: absent) names; `None` when it names none.
+    #[inline]
+    pub fn from_value(value: Option<&HeaderValue>) -> Option<Self> {
+        match value.map(HeaderValue::as_bytes) {
             None | Some(b"live") => Some(TrafficClass::Live),
             Some(b"synthetic") => Some(TrafficClass::Synthetic),
             Some(b"shadow") => Some(TrafficClass::Shadow),
@@ -355,6 +407,69 @@ impl TrafficClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three as hashed lookups find them.
+    fn looked_up<'h>(
+        h: &'h HeaderMap,
+        routing: &HeaderName,
+        tenant: &HeaderName,
+    ) -> [Option<&'h HeaderValue>; 3] {
+        [h.get(routing), h.get(TRAFFIC_CLASS), h.get(tenant)]
+    }
+
+    #[test]
+    fn own_headers_are_the_first_values_lookups_find() {
+        let routing = ROUTING_KEY;
+        let tenant = X_TENANT_ID;
+        let mut heads = Vec::new();
+        heads.push(HeaderMap::new());
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "models.internal"),
+            ("content-type", "application/json"),
+            ("x-routing-key", "ranker"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-tenant-id", "team-a"),
+            ("x-traffic-class", "shadow"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        heads.push(h.clone());
+        // Repeated headers: the first value counts, as for `get`.
+        for (k, v) in [("x-routing-key", "second"), ("x-tenant-id", "team-b")] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        heads.push(h.clone());
+        // Past the scan limit: the lookups.
+        for i in 0..SCAN_LIMIT {
+            h.append(
+                HeaderName::from_bytes(format!("x-extra-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        heads.push(h);
+        for h in &heads {
+            let own = OwnHeaders::find(h, &routing, &tenant);
+            assert_eq!(
+                [own.routing_key, own.traffic_class, own.tenant],
+                looked_up(h, &routing, &tenant)
+            );
+        }
+        // Renamed headers, one of them a standard header's name, and both the same.
+        let user_agent = HeaderName::from_static("user-agent");
+        let h = &heads[2];
+        let own = OwnHeaders::find(h, &X_TENANT_ID, &X_TENANT_ID);
+        assert_eq!(own.routing_key.unwrap(), "team-a");
+        assert_eq!(own.tenant.unwrap(), "team-a");
+        let mut with_agent = h.clone();
+        with_agent.insert(&user_agent, HeaderValue::from_static("client/1"));
+        let own = OwnHeaders::find(&with_agent, &routing, &user_agent);
+        assert_eq!(own.tenant.unwrap(), "client/1");
+        assert_eq!(own.routing_key.unwrap(), "ranker");
+    }
 
     #[test]
     fn saved_headers_come_back_as_they_were() {

@@ -42,7 +42,7 @@ use crate::body::{BodyMeter, Finish, RequestBody, Source, Upload, UpstreamBody};
 use crate::error::ProxyError;
 use crate::framing::Activity;
 use crate::headers;
-use crate::headers::{SavedHeaders, TrafficClass};
+use crate::headers::{OwnHeaders, SavedHeaders, TrafficClass};
 use crate::host::InFlight;
 use crate::metrics::{self, ActiveRequest, PairHandles};
 use crate::outlier::Outcome;
@@ -387,14 +387,20 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             }
         }
     }
-    let class = TrafficClass::of(req.headers());
+    // The routing key, traffic class and tenant header, found in one pass.
+    let own = OwnHeaders::find(
+        req.headers(),
+        &shared.settings.routing_header,
+        &shared.settings.tenant_header,
+    );
+    let class = TrafficClass::from_value(own.traffic_class);
 
     // 1: route, then 2: admission of the tenant (allowed on the route, within its limits),
     // with the tenant header read once. The snapshot guard lives only inside this block.
     let (route, tenant, admitted) = {
         let table = shared.table.load();
         let version = table.served_by_version.as_ref();
-        let Some(key) = req.headers().get(&shared.settings.routing_header) else {
+        let Some(key) = own.routing_key else {
             return unrouted(
                 conn,
                 ProxyError::MissingRoutingKey,
@@ -419,9 +425,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
             Some(route) => {
                 // Only a table with tenants, or a route that lists some, reads the header.
                 let given = if table.has_tenants() || !route.tenants.is_empty() {
-                    req.headers()
-                        .get(&shared.settings.tenant_header)
-                        .map(HeaderValue::as_bytes)
+                    own.tenant.map(HeaderValue::as_bytes)
                 } else {
                     None
                 };
