@@ -62,7 +62,8 @@ pub struct Source {
     incoming: Incoming,
     /// A frame read before forwarding started (the first chunk of an HTTP/1.1 chunked
     /// body, read so that a malformed one is refused with nothing sent), handed on first.
-    first: Option<Frame<Bytes>>,
+    /// Boxed: it is rare, and a frame inline would add its size to every request's future.
+    first: Option<Box<Frame<Bytes>>>,
     /// Told how the body ended.
     ended: Option<oneshot::Sender<Upload>>,
     tee: Option<tee::Sender>,
@@ -99,7 +100,7 @@ impl Source {
         let (tx, rx) = oneshot::channel();
         let source = Source {
             incoming,
-            first,
+            first: first.map(Box::new),
             ended: Some(tx),
             tee,
             done: false,
@@ -125,7 +126,7 @@ impl Source {
             return Poll::Ready(None);
         }
         let polled = match self.first.take() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            Some(frame) => Poll::Ready(Some(Ok(*frame))),
             None => Pin::new(&mut self.incoming).poll_frame(cx),
         };
         match &polled {
