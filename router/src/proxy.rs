@@ -347,14 +347,13 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 }
 
 /// Serves one request end to end. Never fails: every error becomes a response.
-pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let shared: &Shared = &conn.shared;
     let remote = conn.remote;
     let start = Instant::now();
     let _active = ActiveRequest::start();
     let grpc = headers::is_grpc(req.headers());
     let mut span = RequestSpan::start(shared.settings.tracer.as_ref(), &req);
-    let mut req = req;
 
     // 0: framing. HTTP/1.1 heads were checked below hyper (see `framing`); here what
     // needs the parsed head: an absolute-form target naming another host than `Host`,
@@ -539,7 +538,8 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 _ => None,
             };
             let tee = mirrored.as_mut().and_then(|m| m.tee.take());
-            let (out, upload_done) =
+            // Kept here and lent to `forward`: moved into it, it would be copied once more.
+            let (mut out, upload_done) =
                 Outgoing::new(&route, parts, (body, first), tee, bytes_in.clone());
 
             // 4: admission, pick and forward on each cluster, along the fallback chain. The
@@ -561,7 +561,7 @@ pub async fn handle(conn: &Proxy, req: Request<Incoming>) -> Response<ProxyBody>
                 &route,
                 target,
                 fallbacks,
-                out,
+                &mut out,
                 Arrival {
                     version: downstream_version,
                     grpc,
@@ -946,11 +946,11 @@ async fn forward<'r, D: Future<Output = Deadline>>(
     route: &'r Route,
     target: &'r RouteTarget,
     fallbacks: &'r [RouteTarget],
-    mut out: Outgoing,
+    out: &mut Outgoing,
     arrival: Arrival,
     mut deadline: Pin<&mut D>,
 ) -> Forwarded<'r> {
-    match send_to_cluster(route, target, &mut out, arrival, deadline.as_mut()).await {
+    match send_to_cluster(route, target, out, arrival, deadline.as_mut()).await {
         Ok(resp) => (target, Ok(resp), true),
         Err(Failure::Answered(err)) => (target, Err(err), out.is_complete()),
         Err(Failure::Skipped(why)) if route.fallbacks.is_empty() => {
@@ -972,7 +972,7 @@ async fn fall_back<'r, D: Future<Output = Deadline>>(
     route: &'r Route,
     first: &'r RouteTarget,
     fallbacks: &'r [RouteTarget],
-    mut out: Outgoing,
+    out: &mut Outgoing,
     mut why: ProxyError,
     arrival: Arrival,
     mut deadline: Pin<&mut D>,
@@ -984,7 +984,7 @@ async fn fall_back<'r, D: Future<Output = Deadline>>(
         }
         fallback.metrics.fell_back();
         last = fallback;
-        match send_to_cluster(route, fallback, &mut out, arrival, deadline.as_mut()).await {
+        match send_to_cluster(route, fallback, out, arrival, deadline.as_mut()).await {
             Ok(resp) => return (fallback, Ok(resp), true),
             Err(Failure::Answered(err)) => return (fallback, Err(err), out.is_complete()),
             Err(Failure::Skipped(next_why)) => why = next_why,
