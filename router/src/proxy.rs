@@ -1107,7 +1107,9 @@ async fn send_to_cluster<D: Future<Output = Deadline>>(
             target.metrics.handles().overhead(sent_at - start);
         }
         let upgrade = arrival.upgrade;
-        let send = async move {
+        // Pinned where they are built: `select!` then polls them in place instead of moving
+        // them into its own state.
+        let send = pin!(async move {
             if upgrade {
                 // Boxed: the rare upgrade keeps the future of every other request small.
                 Box::pin(host.pool.send_upgrade(req, timeout, pending)).await
@@ -1116,13 +1118,13 @@ async fn send_to_cluster<D: Future<Output = Deadline>>(
             } else {
                 host.pool.send_http1(req, timeout, pending).await
             }
-        };
-        let per_try = async {
+        });
+        let per_try = pin!(async {
             match policy.and_then(|p| p.per_try_timeout) {
                 Some(limit) => tokio::time::sleep(limit).await,
                 None => std::future::pending().await,
             }
-        };
+        });
         let sent = tokio::select! {
             biased;
             sent = send => Some(sent),
