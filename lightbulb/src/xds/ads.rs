@@ -133,22 +133,35 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = Stream {
-            inbound: request.into_inner(),
-            published: self.published.clone(),
-            tx,
-            peer,
-        };
-        tokio::spawn(stream.run(Session::sotw_request, Session::sotw_flush, "sotw"));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.open(request, Session::sotw_request, Session::sotw_flush, "sotw"))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(self.open(
+            request,
+            Session::delta_request,
+            Session::delta_flush,
+            "delta",
+        ))
+    }
+}
+
+impl AdsService {
+    /// Starts serving one ADS stream of either protocol; the answer streams its responses.
+    fn open<Req, Resp>(
+        &self,
+        request: Request<Streaming<Req>>,
+        on_request: fn(&mut Session, Req, &Published) -> Vec<Resp>,
+        on_change: fn(&mut Session, &Published) -> Vec<Resp>,
+        protocol: &'static str,
+    ) -> Response<ReceiverStream<Result<Resp, Status>>>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
         let peer = request.remote_addr();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Stream {
@@ -157,8 +170,8 @@ impl AggregatedDiscoveryService for AdsService {
             tx,
             peer,
         };
-        tokio::spawn(stream.run(Session::delta_request, Session::delta_flush, "delta"));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(stream.run(on_request, on_change, protocol));
+        Response::new(ReceiverStream::new(rx))
     }
 }
 
