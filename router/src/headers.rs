@@ -224,12 +224,13 @@ pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool, tls:
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let client_authority = req.uri().authority().cloned().or_else(|| {
-        req.headers()
-            .get(HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-    });
     if h2 {
+        // `Host` is parsed only here, where it becomes `:authority`.
+        let client_authority = req.uri().authority().cloned().or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        });
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(client_authority.unwrap_or_else(|| endpoint.clone()));
@@ -239,8 +240,14 @@ pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool, tls:
         req.headers_mut().remove(HOST);
         *req.version_mut() = Version::HTTP_2;
     } else {
+        // A `Host` the client sent stays as it is; without one, the URI's authority or the
+        // endpoint's becomes it.
         if !req.headers().contains_key(HOST) {
-            let authority = client_authority.unwrap_or_else(|| endpoint.clone());
+            let authority = req
+                .uri()
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| endpoint.clone());
             let value = HeaderValue::from_str(authority.as_str())
                 .expect("an authority is a valid header value");
             req.headers_mut().insert(HOST, value);
