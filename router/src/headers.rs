@@ -424,6 +424,46 @@ mod tests {
         [h.get(routing), h.get(TRAFFIC_CLASS), h.get(tenant)]
     }
 
+    fn request(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut req = Request::builder().uri(uri);
+        if let Some(host) = host {
+            req = req.header(HOST, host);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn prepare_uri_gives_http1_origin_form_and_a_host() {
+        let endpoint = Authority::from_static("10.0.0.7:9000");
+        // The client's Host stays; the target becomes origin-form.
+        let mut req = request("http://other.example/v1/infer?x=1", Some("models.internal"));
+        prepare_uri(&mut req, &endpoint, false, false);
+        assert_eq!(req.uri(), "/v1/infer?x=1");
+        assert_eq!(req.headers()[HOST], "models.internal");
+        assert_eq!(req.version(), Version::HTTP_11);
+        // No Host: the absolute-form target's authority, else the endpoint's.
+        let mut req = request("http://models.internal:8080/v1", None);
+        prepare_uri(&mut req, &endpoint, false, false);
+        assert_eq!(req.headers()[HOST], "models.internal:8080");
+        let mut req = request("/v1", None);
+        prepare_uri(&mut req, &endpoint, false, false);
+        assert_eq!(req.uri(), "/v1");
+        assert_eq!(req.headers()[HOST], "10.0.0.7:9000");
+    }
+
+    #[test]
+    fn prepare_uri_gives_http2_an_authority_from_host_and_drops_host() {
+        let endpoint = Authority::from_static("10.0.0.7:9000");
+        let mut req = request("/v1/infer", Some("models.internal"));
+        prepare_uri(&mut req, &endpoint, true, false);
+        assert_eq!(req.uri(), "http://models.internal/v1/infer");
+        assert!(req.headers().get(HOST).is_none());
+        assert_eq!(req.version(), Version::HTTP_2);
+        let mut req = request("/", None);
+        prepare_uri(&mut req, &endpoint, true, true);
+        assert_eq!(req.uri(), "https://10.0.0.7:9000/");
+    }
+
     #[test]
     fn own_headers_are_the_first_values_lookups_find() {
         let routing = ROUTING_KEY;
