@@ -105,19 +105,24 @@ impl DemoModel {
     ///
     /// Never: a failed accept is reported on stderr and the loop goes on.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+        // Told each time a connection ends (and its descriptor is free again).
+        let closed = Arc::new(tokio::sync::Notify::new());
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    // E.g. out of file descriptors: give connections time to close.
+                    // E.g. out of file descriptors: try again once a connection has closed,
+                    // or after ACCEPT_RETRY at the latest (descriptors held elsewhere).
                     eprintln!("demo-model: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = tokio::time::timeout(ACCEPT_RETRY, closed.notified()).await;
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
             let server = Arc::clone(&self);
+            let closed = Arc::clone(&closed);
             tokio::spawn(async move {
+                let _closed = NotifyOnDrop(closed);
                 let service = hyper::service::service_fn(move |req| {
                     let server = Arc::clone(&server);
                     async move { Ok::<_, Infallible>(server.answer(req).await) }
@@ -183,4 +188,16 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Longest wait before a failed accept is tried again when no connection closes meanwhile.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Wakes the accept loop when a connection task ends.
+struct NotifyOnDrop(Arc<tokio::sync::Notify>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
