@@ -279,6 +279,7 @@ impl SavedHeaders {
             prefix[0] = u8::from(value.is_sensitive());
             prefix[1..5].copy_from_slice(&(name.len() as u32).to_ne_bytes());
             prefix[5..].copy_from_slice(&(value_bytes.len() as u32).to_ne_bytes());
+            buf.reserve(prefix.len() + name.len() + value_bytes.len());
             buf.extend_from_slice(&prefix);
             buf.extend_from_slice(name);
             buf.extend_from_slice(value_bytes);
