@@ -40,6 +40,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod tenant;
+pub mod timer;
 pub mod upgrade;
 pub mod upstream;
 

@@ -50,6 +50,7 @@ use crate::retry::{RetryPermit, RetryPolicy};
 use crate::route::{Cluster, Route, RouteTarget};
 use crate::state::Shared;
 use crate::tenant::{Refusal, Tenant, TenantPermit};
+use crate::timer;
 use crate::upgrade;
 use crate::upstream::SendError;
 
@@ -553,8 +554,12 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
                         Ok(Upload::TooLarge) => return Deadline::BodyTooLarge,
                         Ok(Upload::Complete) | Err(_) => {}
                     }
+                    // From the end of the upload.
+                    timer::sleep(route.timeout).await;
+                } else {
+                    // No body: from the request's arrival (no clock read).
+                    timer::sleep_until(start + route.timeout).await;
                 }
-                tokio::time::sleep(route.timeout).await;
                 Deadline::Elapsed
             });
             let (served_by, result, complete) = forward(
@@ -785,8 +790,8 @@ enum Outgoing {
         /// The head as the first attempt took it, for the retries.
         saved: Option<SavedHead>,
         /// The headers of the next retry, rebuilt from `saved` before it picks its endpoint
-        /// (empty until then).
-        retry_headers: HeaderMap,
+        /// (`None` until then).
+        retry_headers: Option<HeaderMap>,
         /// `None`: there is no body, so every attempt sends none.
         replayer: Option<Replayer>,
     },
@@ -836,7 +841,7 @@ impl Outgoing {
                 let out = Outgoing::Replay {
                     first: Some(parts),
                     saved: None,
-                    retry_headers: HeaderMap::new(),
+                    retry_headers: None,
                     replayer,
                 };
                 (out, done)
@@ -853,7 +858,11 @@ impl Outgoing {
             Outgoing::Replay {
                 first: Some(parts), ..
             } => &parts.headers,
-            Outgoing::Replay { retry_headers, .. } => retry_headers,
+            Outgoing::Replay {
+                retry_headers: Some(headers),
+                ..
+            } => headers,
+            Outgoing::Replay { .. } => EMPTY.get_or_init(HeaderMap::new),
         }
     }
 
@@ -883,10 +892,9 @@ impl Outgoing {
                     return Some(Request::from_parts(parts, body));
                 }
                 let head = saved.as_ref()?;
-                let headers = if retry_headers.is_empty() {
-                    head.headers.restore()?
-                } else {
-                    std::mem::take(retry_headers)
+                let headers = match retry_headers.take() {
+                    Some(headers) => headers,
+                    None => head.headers.restore()?,
                 };
                 let mut req = Request::new(body);
                 *req.method_mut() = head.method.clone();
@@ -906,10 +914,9 @@ impl Outgoing {
             saved: Some(saved),
             ..
         } = self
-            && retry_headers.is_empty()
-            && let Some(restored) = saved.headers.restore()
+            && retry_headers.is_none()
         {
-            *retry_headers = restored;
+            *retry_headers = saved.headers.restore();
         }
     }
 
@@ -1121,7 +1128,7 @@ async fn send_to_cluster<D: Future<Output = Deadline>>(
         });
         let per_try = pin!(async {
             match policy.and_then(|p| p.per_try_timeout) {
-                Some(limit) => tokio::time::sleep(limit).await,
+                Some(limit) => timer::sleep_until(sent_at + limit).await,
                 None => std::future::pending().await,
             }
         });

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::framing::{Activity, ClientIo};
 use crate::proxy::Proxy;
 use crate::state::Shared;
-use crate::upstream;
+use crate::{timer, upstream};
 
 /// Settings of the proxy listener.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +179,8 @@ pub fn spawn_worker(
         .spawn(move || {
             upstream::set_worker_index(index);
             runtime.block_on(async move {
+                // The request path's deadlines (route, per-try, header-read timeouts).
+                timer::start();
                 let registered =
                     tokio::net::TcpListener::from_std(listeners.main).and_then(|main| {
                         let tls = listeners
@@ -213,7 +215,7 @@ fn builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
     http1
-        .timer(TokioTimer::new())
+        .timer(timer::WorkerTimer)
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_head_bytes.max(8192) as usize)
         .keep_alive(true);
@@ -223,7 +225,7 @@ fn builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     }
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(timer::WorkerTimer)
         .max_concurrent_streams(options.http2_max_streams)
         .max_header_list_size(options.max_head_bytes)
         .max_pending_accept_reset_streams(options.http2_max_pending_resets)

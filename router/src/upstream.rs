@@ -25,7 +25,7 @@ use arc_swap::ArcSwapOption;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
@@ -530,7 +530,8 @@ where
 {
     if h2 {
         let (conn, driver) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+            // The worker's timer table (a tokio timer off the workers).
+            .timer(crate::timer::WorkerTimer)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(io)
