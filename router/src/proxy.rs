@@ -695,7 +695,7 @@ fn admit_tenant(
     arrived: Instant,
 ) -> Result<Option<TenantPermit>, ProxyError> {
     // `allows` is true at once for a route without `tenants`.
-    if !route.allows(given) {
+    if !route.allows(tenant) {
         let label = match (tenant, given) {
             (Some(t), _) => &*t.name,
             (None, Some(_)) => "other",

@@ -32,7 +32,8 @@ pub struct RetryPolicy {
     pub reset: bool,
     /// Retry when a try saw no response headers within `per_try_timeout`.
     pub timeout: bool,
-    statuses: Box<[u16]>,
+    /// Bit `s % 64` of word `s / 64` set: retry status `s` (statuses are below 600).
+    statuses: [u64; STATUS_WORDS],
     /// Bit `c` set: retry every status of class `c`xx.
     classes: u8,
     /// Bit `n` set: retry gRPC status `n` in a trailers-only answer.
@@ -47,6 +48,9 @@ pub struct RetryPolicy {
     pub spec: RetrySpec,
 }
 
+/// Words of the listed-status bit set (statuses 0 to 639).
+const STATUS_WORDS: usize = 10;
+
 /// One retry counted in its cluster's retries in flight until dropped.
 #[derive(Debug)]
 pub struct RetryPermit(Arc<ClusterState>);
@@ -59,7 +63,7 @@ impl RetryPolicy {
             connect_failure: false,
             reset: false,
             timeout: false,
-            statuses: Box::default(),
+            statuses: [0; STATUS_WORDS],
             classes: 0,
             grpc: 0,
             per_try_timeout: spec.per_try_timeout_ms.map(Duration::from_millis),
@@ -68,26 +72,35 @@ impl RetryPolicy {
             replay_cap: spec.replay_buffer_bytes,
             spec: spec.clone(),
         };
-        let mut statuses = Vec::new();
         for condition in conditions {
             match *condition {
                 RetryCondition::ConnectFailure => policy.connect_failure = true,
                 RetryCondition::Reset => policy.reset = true,
                 RetryCondition::Timeout => policy.timeout = true,
-                RetryCondition::Status(s) => statuses.push(s),
+                RetryCondition::Status(s) => {
+                    if let Some(word) = policy.statuses.get_mut(usize::from(s / 64)) {
+                        *word |= 1 << (s % 64);
+                    }
+                }
                 RetryCondition::StatusClass(c) => policy.classes |= 1 << c,
                 RetryCondition::Grpc(code) => policy.grpc |= 1 << code,
             }
         }
-        policy.statuses = statuses.into_boxed_slice();
         policy
+    }
+
+    /// Whether status `status` is listed on its own.
+    fn lists(&self, status: u16) -> bool {
+        self.statuses
+            .get(usize::from(status / 64))
+            .is_some_and(|word| word & (1 << (status % 64)) != 0)
     }
 
     /// Whether an answer is one this policy retries: a listed status or class, or a listed
     /// gRPC code in a trailers-only answer.
     pub fn retries_response(&self, resp: &Response<Incoming>) -> bool {
         let status = resp.status().as_u16();
-        if self.classes & (1 << (status / 100)) != 0 || self.statuses.contains(&status) {
+        if self.classes & (1 << (status / 100)) != 0 || self.lists(status) {
             return true;
         }
         if self.grpc != 0
@@ -149,7 +162,7 @@ mod tests {
     fn conditions_become_flags_and_masks() {
         let p = policy(r#"{"on": ["reset", "503", "4xx", "unavailable"]}"#);
         assert!(p.reset && !p.connect_failure && !p.timeout);
-        assert_eq!(&*p.statuses, &[503]);
+        assert!(p.lists(503) && !p.lists(502) && !p.lists(200) && !p.lists(999));
         assert_eq!(p.classes, 1 << 4);
         assert_eq!(p.grpc, 1 << 14);
     }

@@ -114,8 +114,9 @@ pub struct Route {
     pub retry: Option<RetryPolicy>,
     /// The mirror, when configured.
     pub mirror: Option<Mirror>,
-    /// Tenants allowed (empty: every request).
-    pub tenants: Box<[Arc<str>]>,
+    /// Tenants allowed, by their place among the table's tenants ([`Tenant::index`];
+    /// empty: every request).
+    pub tenants: Box<[usize]>,
     /// Where synthetic and replay traffic goes, when the route separates it.
     pub synthetic: Option<RouteTarget>,
     /// The largest request body taken (`max_request_body_bytes`), when limited.
@@ -196,11 +197,11 @@ impl Route {
             .clone()
     }
 
-    /// Whether a request whose tenant header holds `tenant` may use this route.
+    /// Whether a request of `tenant` (the declared tenant its header names, if any) may
+    /// use this route: a name not declared is never among a route's tenants.
     #[inline]
-    pub fn allows(&self, tenant: Option<&[u8]>) -> bool {
-        self.tenants.is_empty()
-            || tenant.is_some_and(|t| self.tenants.iter().any(|a| a.as_bytes() == t))
+    pub fn allows(&self, tenant: Option<&Tenant>) -> bool {
+        self.tenants.is_empty() || tenant.is_some_and(|t| self.tenants.contains(&t.index))
     }
 }
 
@@ -441,6 +442,13 @@ impl RouteTable {
                     .expect("validated: every cluster reference resolves"),
             )
         };
+        // A tenant's place among the declared ones, as `Tenant::index` numbers them below.
+        let tenant_index: HashMap<&str, usize> = rule_set
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(index, (name, _))| (name.as_str(), index))
+            .collect();
         let mut routes =
             FastMap::with_capacity_and_hasher(rule_set.routes.len(), Default::default());
         for (key, spec) in rule_set.routes.iter() {
@@ -498,7 +506,11 @@ impl RouteTable {
                     sticky_header: parsed.and_then(|p| p.sticky_header.clone()),
                     retry,
                     mirror,
-                    tenants: spec.tenants.iter().map(|t| Arc::from(t.as_str())).collect(),
+                    tenants: spec
+                        .tenants
+                        .iter()
+                        .map(|t| tenant_index[t.as_str()])
+                        .collect(),
                     synthetic: spec
                         .synthetic_cluster
                         .as_deref()
