@@ -107,8 +107,12 @@ pub fn run(data: &[u8]) {
             .headers()
             .get(headers::X_TENANT_ID)
             .map(HeaderValue::as_bytes);
-        let _ = given.and_then(|t| table.tenant(t));
-        let allowed = route.allows(given);
+        let tenant = given.and_then(|t| table.tenant(t));
+        let allowed = route.allows(tenant.map(|t| &**t));
+        assert!(
+            !allowed || route.tenants.is_empty() || tenant.is_some(),
+            "a route with tenants allows only declared ones"
+        );
         assert!(
             allowed || !route.tenants.is_empty(),
             "a route without tenants allows all"
