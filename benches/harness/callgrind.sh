@@ -115,10 +115,19 @@ load() {
         echo "callgrind.sh: not every request succeeded:" >&2; cat "$WORK/h2load.log" >&2; }
 }
 
+# scrape: renders the router's metrics, which drains every histogram sample recorded so far.
+# The exporter also drains them every 5 s of wall time, so without a render at both ends of
+# the measured window its N requests' samples were drained in it or not depending on
+# valgrind's timing (about 150 instructions per request either way).
+scrape() {
+    curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/metrics"
+}
+
 # total_instructions CONFIG N [ROUTER ARGS...]: callgrind's count for a warm router serving N
 # requests. The router first serves WARMUP requests (first-use initialisation, clock
 # calibration, pools), then its counters are zeroed, N requests are served and the counts
-# are dumped: start-up, whose cost depends on timing under valgrind, stays out.
+# are dumped: start-up, whose cost depends on timing under valgrind, stays out. The metrics
+# are rendered before the zeroing and before the dump (see scrape).
 total_instructions() {
     local config="$1" n="$2" out="$WORK/cg.out" log="$WORK/router.log"
     shift 2
@@ -128,8 +137,10 @@ total_instructions() {
     local pid=$!
     for _ in $(seq 600); do grep -q "router listening" "$log" && break; sleep 0.1; done
     load "$WARMUP"
+    scrape
     callgrind_control -z "$pid" >/dev/null 2>&1
     load "$n"
+    scrape
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -INT "$pid"
     wait "$pid" || true

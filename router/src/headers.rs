@@ -51,6 +51,13 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     HOP_BY_HOP.iter().position(|h| h == name)
 }
 
+/// Whether a `Connection` value is only `keep-alive` or `close`: it names no header and asks
+/// for no upgrade.
+fn is_plain_connection(value: &HeaderValue) -> bool {
+    let value = value.as_bytes();
+    value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close")
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`, and returns
 /// the `Upgrade` header's value when the message asks for an upgrade (`Connection` lists
 /// `upgrade` and an `Upgrade` header is present): the caller decides whether to pass it on.
@@ -63,9 +70,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) -> Opti
     // are removed. Most requests have none (h2 forbids them outright); HTTP/1.1 responses
     // usually carry just `connection: keep-alive`.
     let mut present = 0u8;
-    for name in headers.keys() {
+    // Whether a `Connection` value lists more than `keep-alive` or `close` (the value of
+    // nearly every one, which then needs no token parsing).
+    let mut connection_lists = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
+            connection_lists |= i == CONNECTION_INDEX && !is_plain_connection(value);
         }
     }
     if present == 0 {
@@ -78,7 +89,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) -> Opti
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let mut upgrade = None;
-    if present & (1 << CONNECTION_INDEX) != 0 {
+    if connection_lists {
         // Names listed in Connection are hop-by-hop too. The usual tokens (`keep-alive`,
         // `close`, `upgrade`, `te`) need no work: they are removed below or name no header.
         let mut listed: Vec<HeaderName> = Vec::new();
@@ -587,6 +598,33 @@ mod tests {
         );
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn a_plain_connection_value_is_removed_and_a_listing_one_still_counts() {
+        for plain in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut h = map(&[("connection", plain), ("x-keep", "yes")]);
+            assert_eq!(strip_hop_by_hop(&mut h, false), None);
+            assert_eq!(h.len(), 1, "{plain}: {h:?}");
+        }
+        // The plain value first, the listing one second: the listed header goes too.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+        // A plain value beside an upgrade request still reports the upgrade.
+        let mut h = map(&[
+            ("connection", "close"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(strip_hop_by_hop(&mut h, false).unwrap(), "websocket");
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
