@@ -94,7 +94,35 @@ pub fn run(data: &[u8]) {
 
     // 1: route and admission, as `proxy::handle` reads them.
     let class = TrafficClass::of(req.headers());
-    let _ = headers::is_grpc(req.headers());
+    let own =
+        headers::OwnHeaders::find(req.headers(), &headers::ROUTING_KEY, &headers::X_TENANT_ID);
+    let h = req.headers();
+    assert_eq!(
+        own.routing_key,
+        h.get(headers::ROUTING_KEY),
+        "the routing key as get finds it"
+    );
+    assert_eq!(
+        own.tenant,
+        h.get(headers::X_TENANT_ID),
+        "the tenant as get finds it"
+    );
+    assert_eq!(
+        own.traffic_class,
+        h.get(headers::TRAFFIC_CLASS),
+        "the class as get finds it"
+    );
+    assert_eq!(
+        own.content_type,
+        h.get(http::header::CONTENT_TYPE),
+        "content-type as get finds it"
+    );
+    assert_eq!(
+        own.host,
+        h.contains_key(http::header::HOST),
+        "host as contains_key finds it"
+    );
+    let _ = own.is_grpc();
     let route = req
         .headers()
         .get(headers::ROUTING_KEY)
@@ -172,7 +200,8 @@ pub fn run(data: &[u8]) {
     let req = Request::from_parts(parts, ());
     for (h2, tls) in [(false, false), (false, true), (true, false), (true, true)] {
         let mut copy = clone_request(&req);
-        headers::prepare_uri(&mut copy, &endpoint, h2, tls);
+        let has_host = copy.headers().contains_key(http::header::HOST);
+        headers::prepare_uri(&mut copy, &endpoint, h2, tls, has_host);
         check_uri(&copy, &req, h2, tls);
     }
 

@@ -108,8 +108,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) -> Opti
                     }
                     continue;
                 }
+                // `Host` is end to end whatever a client lists (and was looked for already).
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
                     && hop_by_hop_index(&name).is_none()
+                    && name != HOST
                 {
                     listed.push(name);
                 }
@@ -195,13 +197,6 @@ pub fn grpc_code(value: &HeaderValue) -> Option<u8> {
     value.to_str().ok()?.parse().ok()
 }
 
-/// Whether a request is gRPC (its errors then become trailers-only gRPC statuses).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// What the proxy refuses in a parsed head before routing it: an HTTP/1.1 absolute-form
 /// target whose authority disagrees with `Host` (two parsers could pick different hosts:
 /// `400`), and an HTTP/2 request with more than `max_headers` header fields (`431`; hyper
@@ -229,7 +224,15 @@ pub fn head_problem<B>(req: &Request<B>, max_headers: usize) -> Option<crate::er
 /// `Host` header for HTTP/1.1, absolute-form (`:scheme` `http`, or `https` over TLS, and
 /// `:authority`) for HTTP/2. The
 /// client's own authority is kept when it sent one; every part is a cheap `Bytes` clone.
-pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool, tls: bool) {
+/// `has_host`: whether the request has a `Host` header (found in the pass of
+/// [`OwnHeaders::find`], so that it is not looked up again).
+pub fn prepare_uri<B>(
+    req: &mut Request<B>,
+    endpoint: &Authority,
+    h2: bool,
+    tls: bool,
+    has_host: bool,
+) {
     let path = req
         .uri()
         .path_and_query()
@@ -253,7 +256,7 @@ pub fn prepare_uri<B>(req: &mut Request<B>, endpoint: &Authority, h2: bool, tls:
     } else {
         // A `Host` the client sent stays as it is; without one, the URI's authority or the
         // endpoint's becomes it.
-        if !req.headers().contains_key(HOST) {
+        if !has_host {
             let authority = req
                 .uri()
                 .authority()
@@ -334,8 +337,9 @@ pub enum TrafficClass {
     Replay,
 }
 
-/// The router's own request headers: the first value of the routing key, the traffic class
-/// and the tenant header, as `HeaderMap::get` gives them.
+/// The request headers the router reads: the first value of the routing key, the traffic
+/// class, the tenant header and `Content-Type`, as `HeaderMap::get` gives them, and whether
+/// a `Host` header is there.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OwnHeaders<'h> {
     /// The routing-key header (`x-routing-key` unless renamed).
@@ -344,6 +348,10 @@ pub struct OwnHeaders<'h> {
     pub traffic_class: Option<&'h HeaderValue>,
     /// The tenant header (`x-tenant-id` unless renamed).
     pub tenant: Option<&'h HeaderValue>,
+    /// `Content-Type`.
+    pub content_type: Option<&'h HeaderValue>,
+    /// Whether the request has a `Host` header.
+    pub host: bool,
 }
 
 /// Heads with more values than this are searched with one hashed lookup per header instead
@@ -361,6 +369,8 @@ impl<'h> OwnHeaders<'h> {
                 routing_key: headers.get(routing),
                 traffic_class: headers.get(TRAFFIC_CLASS),
                 tenant: headers.get(tenant),
+                content_type: headers.get(header::CONTENT_TYPE),
+                host: headers.contains_key(HOST),
             };
         }
         let mut own = OwnHeaders::default();
@@ -375,8 +385,19 @@ impl<'h> OwnHeaders<'h> {
             if own.tenant.is_none() && name == tenant {
                 own.tenant = Some(value);
             }
+            if own.content_type.is_none() && *name == header::CONTENT_TYPE {
+                own.content_type = Some(value);
+            }
+            own.host |= *name == HOST;
         }
         own
+    }
+
+    /// Whether the request is gRPC (its errors then become trailers-only gRPC statuses).
+    #[inline]
+    pub fn is_grpc(&self) -> bool {
+        self.content_type
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
     }
 }
 
@@ -444,21 +465,27 @@ mod tests {
         req.body(()).unwrap()
     }
 
+    /// `prepare_uri` with `Host` looked up, as the mirror does.
+    fn prep(req: &mut Request<()>, endpoint: &Authority, h2: bool, tls: bool) {
+        let has_host = req.headers().contains_key(HOST);
+        prepare_uri(req, endpoint, h2, tls, has_host);
+    }
+
     #[test]
     fn prepare_uri_gives_http1_origin_form_and_a_host() {
         let endpoint = Authority::from_static("10.0.0.7:9000");
         // The client's Host stays; the target becomes origin-form.
         let mut req = request("http://other.example/v1/infer?x=1", Some("models.internal"));
-        prepare_uri(&mut req, &endpoint, false, false);
+        prep(&mut req, &endpoint, false, false);
         assert_eq!(req.uri(), "/v1/infer?x=1");
         assert_eq!(req.headers()[HOST], "models.internal");
         assert_eq!(req.version(), Version::HTTP_11);
         // No Host: the absolute-form target's authority, else the endpoint's.
         let mut req = request("http://models.internal:8080/v1", None);
-        prepare_uri(&mut req, &endpoint, false, false);
+        prep(&mut req, &endpoint, false, false);
         assert_eq!(req.headers()[HOST], "models.internal:8080");
         let mut req = request("/v1", None);
-        prepare_uri(&mut req, &endpoint, false, false);
+        prep(&mut req, &endpoint, false, false);
         assert_eq!(req.uri(), "/v1");
         assert_eq!(req.headers()[HOST], "10.0.0.7:9000");
     }
@@ -467,12 +494,12 @@ mod tests {
     fn prepare_uri_gives_http2_an_authority_from_host_and_drops_host() {
         let endpoint = Authority::from_static("10.0.0.7:9000");
         let mut req = request("/v1/infer", Some("models.internal"));
-        prepare_uri(&mut req, &endpoint, true, false);
+        prep(&mut req, &endpoint, true, false);
         assert_eq!(req.uri(), "http://models.internal/v1/infer");
         assert!(req.headers().get(HOST).is_none());
         assert_eq!(req.version(), Version::HTTP_2);
         let mut req = request("/", None);
-        prepare_uri(&mut req, &endpoint, true, true);
+        prep(&mut req, &endpoint, true, true);
         assert_eq!(req.uri(), "https://10.0.0.7:9000/");
     }
 
@@ -684,7 +711,9 @@ mod tests {
 
     #[test]
     fn grpc_is_detected_by_content_type() {
-        assert!(is_grpc(&map(&[("content-type", "application/grpc+proto")])));
-        assert!(!is_grpc(&map(&[("content-type", "application/json")])));
+        let grpc = |h: &HeaderMap| OwnHeaders::find(h, &ROUTING_KEY, &X_TENANT_ID).is_grpc();
+        assert!(grpc(&map(&[("content-type", "application/grpc+proto")])));
+        assert!(!grpc(&map(&[("content-type", "application/json")])));
+        assert!(!grpc(&map(&[("x-content-type", "application/grpc")])));
     }
 }

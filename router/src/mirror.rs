@@ -207,7 +207,8 @@ async fn run(
         Protocol::Http2 => true,
         Protocol::Auto => req.version() == Version::HTTP_2,
     };
-    headers::prepare_uri(&mut req, &host.authority, h2, cluster.tls);
+    let has_host = req.headers().contains_key(http::header::HOST);
+    headers::prepare_uri(&mut req, &host.authority, h2, cluster.tls, has_host);
     let limit = cluster.request_timeout.min(MAX_MIRROR_TIME);
     let exchange = async {
         let resp = if h2 {

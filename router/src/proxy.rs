@@ -353,7 +353,14 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
     let remote = conn.remote;
     let start = Instant::now();
     let _active = ActiveRequest::start();
-    let grpc = headers::is_grpc(req.headers());
+    // The routing key, traffic class, tenant header, `Content-Type` and `Host`, found in one
+    // pass (found again after an identity writes its claims over some of them).
+    let first = OwnHeaders::find(
+        req.headers(),
+        &shared.settings.routing_header,
+        &shared.settings.tenant_header,
+    );
+    let grpc = first.is_grpc();
     let mut span = RequestSpan::start(shared.settings.tracer.as_ref(), &req);
 
     // 0: framing. HTTP/1.1 heads were checked below hyper (see `framing`); here what
@@ -365,34 +372,37 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
     }
 
     // 0: identity, before anything reads the request: the token verified, its claims
-    // written over the headers they map to.
-    if let Some(identity) = &shared.settings.identity {
-        match identity.authenticate(req.headers()) {
-            Ok(verified) => identity.apply(&verified, req.headers_mut()),
-            Err(why) => {
-                tracing::debug!(client = %remote, reason = why, "request refused: unauthenticated");
-                let version = shared.table.load().served_by_version.clone();
-                let key = req
-                    .headers()
-                    .get(&shared.settings.routing_header)
-                    .map(HeaderValue::as_bytes);
-                return unrouted(
-                    conn,
-                    ProxyError::Unauthenticated,
-                    key,
-                    &req,
-                    (grpc, start, span),
-                    version.as_ref(),
-                );
+    // written over the headers they map to (and the router's headers found again).
+    let own = match &shared.settings.identity {
+        None => first,
+        Some(identity) => {
+            match identity.authenticate(req.headers()) {
+                Ok(verified) => identity.apply(&verified, req.headers_mut()),
+                Err(why) => {
+                    tracing::debug!(client = %remote, reason = why, "request refused: unauthenticated");
+                    let version = shared.table.load().served_by_version.clone();
+                    let key = req
+                        .headers()
+                        .get(&shared.settings.routing_header)
+                        .map(HeaderValue::as_bytes);
+                    return unrouted(
+                        conn,
+                        ProxyError::Unauthenticated,
+                        key,
+                        &req,
+                        (grpc, start, span),
+                        version.as_ref(),
+                    );
+                }
             }
+            OwnHeaders::find(
+                req.headers(),
+                &shared.settings.routing_header,
+                &shared.settings.tenant_header,
+            )
         }
-    }
-    // The routing key, traffic class and tenant header, found in one pass.
-    let own = OwnHeaders::find(
-        req.headers(),
-        &shared.settings.routing_header,
-        &shared.settings.tenant_header,
-    );
+    };
+    let has_host = own.host;
     let class = TrafficClass::from_value(own.traffic_class);
 
     // 1: route, then 2: admission of the tenant (allowed on the route, within its limits),
@@ -571,6 +581,7 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
                     version: downstream_version,
                     grpc,
                     upgrade: upgrade.is_some(),
+                    has_host,
                     start,
                 },
                 deadline,
@@ -771,6 +782,8 @@ struct Arrival {
     version: Version,
     grpc: bool,
     upgrade: bool,
+    /// The request has a `Host` header.
+    has_host: bool,
     start: Instant,
 }
 
@@ -1103,7 +1116,13 @@ async fn send_to_cluster<D: Future<Output = Deadline>>(
         tries += 1;
         let host = &cluster.endpoints[i];
         let in_flight = InFlight::start(host, permit.take());
-        headers::prepare_uri(&mut req, &host.authority, use_h2, cluster.tls);
+        headers::prepare_uri(
+            &mut req,
+            &host.authority,
+            use_h2,
+            cluster.tls,
+            arrival.has_host,
+        );
         let pending = cluster
             .breaker
             .as_ref()

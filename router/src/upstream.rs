@@ -561,7 +561,8 @@ where
 /// `req` rewritten for the other HTTP version than the client's, on an `auto` cluster
 /// whose endpoint picked that one by ALPN.
 fn as_version(mut req: Request<RequestBody>, tls: &UpstreamTls, h2: bool) -> Request<RequestBody> {
-    crate::headers::prepare_uri(&mut req, &tls.authority, h2, true);
+    let has_host = req.headers().contains_key(http::header::HOST);
+    crate::headers::prepare_uri(&mut req, &tls.authority, h2, true, has_host);
     req
 }
 
