@@ -302,21 +302,26 @@ impl Framing {
     }
 
     fn framing_field(&mut self, content: &[u8]) {
-        let Some(colon) = memchr::memchr(b':', content) else {
-            return;
+        // A field name ends right at its colon (hyper refuses whitespace or any other byte
+        // before it), so each of the three names is one length and one comparison away.
+        let named = |name: &[u8]| {
+            content.get(name.len()) == Some(&b':')
+                && content[..name.len()].eq_ignore_ascii_case(name)
         };
-        let (name, value) = (&content[..colon], content[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
+        let value = |name: &[u8]| content[name.len() + 1..].trim_ascii();
+        if named(b"content-length") {
+            let value = value(b"content-length");
             match (content_length(value), self.head.content_length) {
                 (Some(n), None) => self.head.content_length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
                 // Unreadable or disagreeing: hyper refuses; stop following.
                 _ => self.head.stop_after = true,
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if named(b"transfer-encoding") {
+            let value = value(b"transfer-encoding");
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.head.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
+        } else if named(b"upgrade") {
             self.head.stop_after = true;
         }
     }
