@@ -13,6 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The maps the request path looks up: std's, with foldhash instead of SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Up to this many declared tenants, a tenant is found by comparing names in turn, which
+/// costs less than hashing the header value; past it, by a hashed lookup.
+const LINEAR_TENANTS: usize = 8;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +136,9 @@ pub struct RouteTable {
     /// hasher (seeded per process) is safe here.
     routes: FastMap<Box<[u8]>, Arc<Route>>,
     clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
-    /// Declared tenants by name (empty: none declared, nothing to look up).
+    /// Declared tenants, in the rule set's order (each at its [`Tenant::index`]).
+    tenant_list: Box<[Arc<Tenant>]>,
+    /// The same by name, when there are more than [`LINEAR_TENANTS`] (empty otherwise).
     tenants: FastMap<Box<[u8]>, Arc<Tenant>>,
     /// `x-served-by` of the router's answers that reach no cluster, when attribution is on.
     pub served_by_version: Option<HeaderValue>,
@@ -520,22 +526,26 @@ impl RouteTable {
                 }),
             );
         }
-        let tenants = rule_set
+        let tenant_list: Box<[Arc<Tenant>]> = rule_set
             .tenants
             .iter()
             .enumerate()
             .map(|(index, (name, spec))| {
                 let name_arc: Arc<str> = Arc::from(name.as_str());
                 let state = hosts.tenant(&name_arc);
-                (
-                    Box::from(name.as_bytes()),
-                    Arc::new(Tenant::new(name, index, spec, state)),
-                )
+                Arc::new(Tenant::new(name, index, spec, state))
             })
             .collect();
+        let tenants = if tenant_list.len() > LINEAR_TENANTS {
+            let by_name = |t: &Arc<Tenant>| (Box::from(t.name.as_bytes()), Arc::clone(t));
+            tenant_list.iter().map(by_name).collect()
+        } else {
+            FastMap::default()
+        };
         Ok(RouteTable {
             routes,
             clusters,
+            tenant_list,
             tenants,
             served_by_version: attribution.then(|| served_by_value(format!("version={version}"))),
             version: rule_set.version,
@@ -553,21 +563,23 @@ impl RouteTable {
     /// The declared tenant named by the header value `tenant`.
     #[inline]
     pub fn tenant(&self, tenant: &[u8]) -> Option<&Arc<Tenant>> {
-        if self.tenants.is_empty() {
-            return None;
+        if self.tenant_list.len() > LINEAR_TENANTS {
+            return self.tenants.get(tenant);
         }
-        self.tenants.get(tenant)
+        self.tenant_list
+            .iter()
+            .find(|t| t.name.as_bytes() == tenant)
     }
 
     /// Whether any tenant is declared.
     #[inline]
     pub fn has_tenants(&self) -> bool {
-        !self.tenants.is_empty()
+        !self.tenant_list.is_empty()
     }
 
-    /// Declared tenants.
+    /// Declared tenants, in the rule set's order.
     pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.tenants.values()
+        self.tenant_list.iter()
     }
 
     /// Number of routes.
@@ -631,6 +643,35 @@ mod tests {
         assert!(t.route(b"nope").is_none());
         assert_eq!(t.route(b"kb").unwrap().timeout, Duration::from_millis(700));
         assert_eq!(t.route(b"ks").unwrap().timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn tenants_are_found_by_name_in_few_and_in_many() {
+        let hosts = HostRegistry::new(2);
+        for count in [1, LINEAR_TENANTS, LINEAR_TENANTS + 1, 40] {
+            let tenants: Vec<String> = (0..count)
+                .map(|i| format!(r#""team-{i}": {{ "max_concurrent": {} }}"#, i + 1))
+                .collect();
+            let json = RULES.replacen(
+                r#""routes": {"#,
+                &format!(r#""tenants": {{ {} }}, "routes": {{"#, tenants.join(", ")),
+                1,
+            );
+            let t = build(&json, None, &hosts);
+            assert!(t.has_tenants());
+            assert_eq!(t.tenants().count(), count);
+            for i in 0..count {
+                let tenant = t.tenant(format!("team-{i}").as_bytes()).expect("declared");
+                assert_eq!(&*tenant.name, format!("team-{i}"), "{count} tenants");
+                assert_eq!(t.tenants().nth(tenant.index).unwrap().name, tenant.name);
+            }
+            for other in [&b"team-"[..], b"team-999", b"", b"TEAM-0", b"team-0 "] {
+                assert!(t.tenant(other).is_none(), "{count} tenants: {other:?}");
+            }
+        }
+        let t = build(RULES, None, &hosts);
+        assert!(!t.has_tenants());
+        assert!(t.tenant(b"team-0").is_none());
     }
 
     #[test]
