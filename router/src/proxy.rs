@@ -381,10 +381,7 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
                 Err(why) => {
                     tracing::debug!(client = %remote, reason = why, "request refused: unauthenticated");
                     let version = shared.table.load().served_by_version.clone();
-                    let key = req
-                        .headers()
-                        .get(&shared.settings.routing_header)
-                        .map(HeaderValue::as_bytes);
+                    let key = first.routing_key.map(HeaderValue::as_bytes);
                     return unrouted(
                         conn,
                         ProxyError::Unauthenticated,

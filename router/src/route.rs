@@ -13,10 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The maps the request path looks up: std's, with foldhash instead of SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// Up to this many declared tenants, a tenant is found by comparing names in turn, which
-/// costs less than hashing the header value; past it, by a hashed lookup.
-const LINEAR_TENANTS: usize = 8;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +32,10 @@ use crate::rng;
 use crate::tenant::Tenant;
 use crate::upstream::PendingLimit;
 use crate::upstream::tls::{self, UpstreamTls};
+
+/// Up to this many declared tenants, a tenant is found by comparing names in turn, which
+/// costs less than hashing the header value; past it, by a hashed lookup.
+const LINEAR_TENANTS: usize = 8;
 
 /// A set of interchangeable endpoints and how to reach them.
 #[derive(Debug)]
