@@ -153,6 +153,12 @@ class DemoModel:
     def url(self) -> str:
         return f"http://{self.addr}"
 
+    def step(self) -> None:
+        """Lets the instance's streamed completion send its next event (``--stepped-tokens``)."""
+        req = urllib.request.Request(f"{self.url}/demo/step", method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 204, resp.status
+
 
 @dataclass
 class Router:
@@ -181,7 +187,7 @@ def start_demo_model(processes: Processes, instance: str, model: str, version: s
     """Starts a demo-model instance serving ``model:version`` and waits until it is ready."""
     process = processes.start(
         "demo-model",
-        ["--listen", "127.0.0.1:0", "--instance", instance, "--model", f"{model}:{version}", "--token-delay-ms", "20"],
+        ["--listen", "127.0.0.1:0", "--instance", instance, "--model", f"{model}:{version}", "--stepped-tokens"],
     )
     line = process.wait_for_line("demo-model ")
     addr = line.rsplit(" ", 1)[-1]

@@ -29,6 +29,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -42,6 +43,7 @@ use tonic::service::Routes;
 use crate::BoxError;
 use body::{Body, json_response};
 pub use model::{Catalog, ModelSpec};
+pub use openai::{Pacing, Steps};
 use v2_grpc::{GrpcInferenceServiceServer, InferenceService};
 
 /// The response header naming the instance that answered.
@@ -57,18 +59,18 @@ pub const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
 #[derive(Debug)]
 pub struct DemoModel {
     catalog: Arc<Catalog>,
-    token_delay: Duration,
+    pacing: Pacing,
     instance_header: HeaderValue,
     grpc: Routes,
 }
 
 impl DemoModel {
-    /// A server for `catalog`, spacing streamed tokens by `token_delay`.
+    /// A server for `catalog`, spacing streamed tokens by `pacing`.
     ///
     /// # Errors
     ///
     /// When the instance name cannot be sent as a header value, or no model is given.
-    pub async fn new(catalog: Catalog, token_delay: Duration) -> anyhow::Result<Arc<DemoModel>> {
+    pub async fn new(catalog: Catalog, pacing: Pacing) -> anyhow::Result<Arc<DemoModel>> {
         anyhow::ensure!(!catalog.models.is_empty(), "serve at least one model");
         let instance_header = HeaderValue::from_str(&catalog.instance).map_err(|_| {
             anyhow::anyhow!(
@@ -87,7 +89,7 @@ impl DemoModel {
         .add_service(health_service);
         Ok(Arc::new(DemoModel {
             catalog,
-            token_delay,
+            pacing,
             instance_header,
             grpc,
         }))
@@ -147,7 +149,9 @@ impl DemoModel {
             if path == "/v2" || path.starts_with("/v2/") {
                 v2_rest::handle(&self.catalog, req).await
             } else if path == "/v1" || path.starts_with("/v1/") {
-                openai::handle(&self.catalog, self.token_delay, req).await
+                openai::handle(&self.catalog, &self.pacing, req).await
+            } else if path == "/demo/step" && *req.method() == Method::POST {
+                self.step()
             } else if path == "/" && matches!(*req.method(), Method::GET | Method::HEAD) {
                 self.index()
             } else {
@@ -160,6 +164,23 @@ impl DemoModel {
     }
 
     /// `GET /`: the server, the instance, its models and its APIs.
+    /// `POST /demo/step`: lets a stepped server's stream send its next event (204); 409
+    /// from a server that paces by time.
+    fn step(&self) -> Response<Body> {
+        match &self.pacing {
+            Pacing::Stepped(steps) => {
+                steps.release();
+                let mut resp = Response::new(body::full(Bytes::new()));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
+            Pacing::Delay(_) => body::error_response(
+                StatusCode::CONFLICT,
+                "this server paces streams by time (--token-delay-ms), not by steps",
+            ),
+        }
+    }
+
     fn index(&self) -> Response<Body> {
         let models: Vec<_> = self
             .catalog

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use integration_tests::demo_model::{Catalog, DemoModel, ModelSpec};
+use integration_tests::demo_model::{Catalog, DemoModel, ModelSpec, Pacing};
 
 /// Demo model server: V2 REST and gRPC inference, gRPC health and OpenAI-compatible
 /// completions on one port (HTTP/1.1 and h2c).
@@ -44,6 +44,10 @@ struct Args {
     /// Delay between the server-sent events of a streamed completion, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 50)]
     token_delay_ms: u64,
+    /// Send each event of a streamed completion after the first only when `POST /demo/step`
+    /// releases it, instead of after the token delay (for tests: one stream at a time).
+    #[arg(long, conflicts_with = "token_delay_ms")]
+    stepped_tokens: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -54,7 +58,12 @@ async fn main() -> anyhow::Result<()> {
         models: args.models,
     };
     let models: Vec<String> = catalog.models.iter().map(ToString::to_string).collect();
-    let server = DemoModel::new(catalog, Duration::from_millis(args.token_delay_ms)).await?;
+    let pacing = if args.stepped_tokens {
+        Pacing::Stepped(Default::default())
+    } else {
+        Pacing::Delay(Duration::from_millis(args.token_delay_ms))
+    };
+    let server = DemoModel::new(catalog, pacing).await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     // The address comes last: scripts and tests read it from there.
     println!(

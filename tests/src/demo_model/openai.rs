@@ -5,13 +5,14 @@
 //! `model ranker version 2 on instance ranker-v2-a: hello` (cut to `max_tokens`). Without
 //! `stream` the answer is one JSON body (`text_completion` / `chat.completion`); with
 //! `stream: true` it is `text/event-stream`, one `data: {json}\n\n` event per token spaced by
-//! the server's token delay (`chat.completion.chunk` with the role first, then content
+//! the server's [`Pacing`] (`chat.completion.chunk` with the role first, then content
 //! deltas, `finish_reason` on the last; `text_completion` chunks with `text`), then
 //! `data: [DONE]\n\n`. `stream_options.include_usage` adds a last chunk with the usage.
 //!
 //! Errors take OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: 404 for an
 //! unknown model, 400 for a bad request.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,47 @@ use serde_json::{Value, json};
 use super::body::{self, Body, json_response};
 use super::model::{Catalog, ModelSpec};
 use crate::BoxError;
+
+/// How a streamed completion spaces its events after the first.
+#[derive(Debug, Clone)]
+pub enum Pacing {
+    /// Each next event this long after the previous one: a model generating tokens, for a
+    /// person watching the stream (zero: all at once).
+    Delay(Duration),
+    /// Each next event once a step is released ([`Steps::release`], `POST /demo/step`): a
+    /// test reads an event, releases the next and reads it, so a stream held back anywhere
+    /// on the way never delivers its first event, with no clock involved.
+    Stepped(Arc<Steps>),
+}
+
+/// The released steps of a stepped server (one stream at a time).
+#[derive(Debug)]
+pub struct Steps(tokio::sync::Semaphore);
+
+impl Default for Steps {
+    fn default() -> Self {
+        Steps(tokio::sync::Semaphore::new(0))
+    }
+}
+
+impl Steps {
+    /// Lets the waiting (or the next) event of the stream go.
+    pub fn release(&self) {
+        self.0.add_permits(1);
+    }
+
+    /// A stream begins: steps released after the previous stream's last event are dropped.
+    fn begin(&self) {
+        self.0.forget_permits(self.0.available_permits());
+    }
+
+    /// Waits for a released step and takes it.
+    async fn take(&self) {
+        if let Ok(permit) = self.0.acquire().await {
+            permit.forget();
+        }
+    }
+}
 
 /// Which completion endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +121,7 @@ struct Completion {
 }
 
 /// Answers a request whose path is `/v1` or under it.
-pub async fn handle(
-    catalog: &Catalog,
-    token_delay: Duration,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub async fn handle(catalog: &Catalog, pacing: &Pacing, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let method = req.method().clone();
     match (method, path.as_str()) {
@@ -98,10 +136,8 @@ pub async fn handle(
                 Err(e) => error(StatusCode::NOT_FOUND, "model_not_found", e.0),
             }
         }
-        (Method::POST, "/v1/completions") => complete(catalog, token_delay, Kind::Text, req).await,
-        (Method::POST, "/v1/chat/completions") => {
-            complete(catalog, token_delay, Kind::Chat, req).await
-        }
+        (Method::POST, "/v1/completions") => complete(catalog, pacing, Kind::Text, req).await,
+        (Method::POST, "/v1/chat/completions") => complete(catalog, pacing, Kind::Chat, req).await,
         (m, p) => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -142,7 +178,7 @@ fn model_object(catalog: &Catalog, spec: &ModelSpec) -> Value {
 
 async fn complete(
     catalog: &Catalog,
-    token_delay: Duration,
+    pacing: &Pacing,
     kind: Kind,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -209,7 +245,7 @@ async fn complete(
         include_usage: request.stream_options.is_some_and(|o| o.include_usage),
     };
     if request.stream == Some(true) {
-        stream(completion.events(), token_delay)
+        stream(completion.events(), pacing.clone())
     } else {
         json_response(StatusCode::OK, &completion.whole())
     }
@@ -353,25 +389,34 @@ impl Completion {
 }
 
 /// A `text/event-stream` response sending `events` as `data:` lines, the first at once and
-/// each next one `delay` later, then `data: [DONE]`.
-fn stream(events: Vec<Value>, delay: Duration) -> Response<Body> {
+/// each next one as `pacing` lets it, then `data: [DONE]`.
+fn stream(events: Vec<Value>, pacing: Pacing) -> Response<Body> {
+    if let Pacing::Stepped(steps) = &pacing {
+        steps.begin();
+    }
     let mut frames: Vec<Bytes> = events
         .iter()
         .map(|e| Bytes::from(format!("data: {e}\n\n")))
         .collect();
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let count = frames.len();
-    let paced = futures_util::stream::unfold(
-        (frames.into_iter(), 0usize),
-        move |(mut frames, i)| async move {
-            let frame = frames.next()?;
-            // [DONE] follows the last chunk at once; every other event waits its turn.
-            if i > 0 && i + 1 < count {
-                tokio::time::sleep(delay).await;
+    let paced =
+        futures_util::stream::unfold((frames.into_iter(), 0usize), move |(mut frames, i)| {
+            let pacing = pacing.clone();
+            async move {
+                let frame = frames.next()?;
+                // [DONE] follows the last chunk at once; every other event waits its turn.
+                if i > 0 && i + 1 < count {
+                    match &pacing {
+                        Pacing::Delay(delay) if delay.is_zero() => {}
+                        // The demo's generation pace, not a wait for anything.
+                        Pacing::Delay(delay) => tokio::time::sleep(*delay).await,
+                        Pacing::Stepped(steps) => steps.take().await,
+                    }
+                }
+                Some((Ok::<_, BoxError>(Frame::data(frame)), (frames, i + 1)))
             }
-            Some((Ok::<_, BoxError>(Frame::data(frame)), (frames, i + 1)))
-        },
-    );
+        });
     let mut resp = Response::new(StreamBody::new(paced).boxed_unsync());
     let headers = resp.headers_mut();
     headers.insert(

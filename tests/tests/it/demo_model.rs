@@ -22,6 +22,7 @@ use integration_tests::demo_model::v2_grpc::pb::{
 use integration_tests::process::{ServiceProcess, workspace_bin};
 use integration_tests::{Collected, DEADLINE, HttpClient, RouterProcess, trace_init, within};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -67,7 +68,7 @@ async fn ranker() -> Demo {
         "--model",
         "ranker:2",
         "--token-delay-ms",
-        "1",
+        "0",
     ])
     .await
 }
@@ -662,4 +663,48 @@ async fn rest_and_grpc_reach_the_demo_model_through_an_auto_cluster() {
         "ranker-a",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_server_pacing_by_time_refuses_steps_and_a_stepped_one_waits_for_them() {
+    let _trace = trace_init();
+    let client = HttpClient::http1();
+    let timed = ranker().await;
+    let refused = post(&client, timed.addr, "/demo/step", &[], Vec::new()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
+
+    let stepped = start(&["--instance", "s", "--model", "ranker:1", "--stepped-tokens"]).await;
+    // One stream read event by event over a plain connection: after each event, nothing more
+    // comes until a step is released (the next event is read only after the release).
+    let body = br#"{"model": "ranker", "prompt": "x", "stream": true}"#;
+    let mut conn = tokio::net::TcpStream::connect(stepped.addr)
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: s\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("writes");
+    conn.write_all(body).await.expect("writes");
+    let mut seen = Vec::new();
+    let mut events = 0;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: [DONE]") {
+        let n = conn.read(&mut buf).await.expect("reads");
+        assert!(
+            n > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        let now = String::from_utf8_lossy(&seen).matches("data: {").count();
+        // A new event came: release the next one.
+        for _ in events..now {
+            let step = post(&client, stepped.addr, "/demo/step", &[], Vec::new()).await;
+            assert_eq!(step.status, StatusCode::NO_CONTENT);
+        }
+        events = now;
+        assert!(events < 100, "a bounded stream");
+    }
+    assert!(events > 2, "{events} events");
 }
