@@ -16,8 +16,6 @@ pub const ROUTING_KEY: HeaderName = HeaderName::from_static("x-routing-key");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Correlates a request across services; generated when the client sent none.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// `live`, `synthetic` or `shadow`.
-pub const X_TRAFFIC_CLASS: HeaderName = HeaderName::from_static("x-traffic-class");
 /// The tenant of a request.
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 /// gRPC status code of a trailers-only error response.

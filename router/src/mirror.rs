@@ -26,6 +26,7 @@ use crate::host::InFlight;
 use crate::metrics as router_metrics;
 use crate::rng;
 use crate::route::Cluster;
+use crate::upstream::Transport;
 
 use crate::headers::TRAFFIC_CLASS;
 
@@ -211,16 +212,16 @@ async fn run(
     headers::prepare_uri(&mut req, &host.authority, h2, cluster.tls, has_host);
     let limit = cluster.request_timeout.min(MAX_MIRROR_TIME);
     let exchange = async {
-        let resp = if h2 {
-            host.pool
-                .send_http2(req, cluster.connect_timeout, None)
-                .await
+        let transport = if h2 {
+            Transport::Http2
         } else {
-            host.pool
-                .send_http1(req, cluster.connect_timeout, None)
-                .await
-        }
-        .ok()?;
+            Transport::Http1
+        };
+        let resp = host
+            .pool
+            .send(req, transport, cluster.connect_timeout, None)
+            .await
+            .ok()?;
         let status = resp.status();
         let mut body = resp.into_body();
         while !body.is_end_stream() {

@@ -52,7 +52,7 @@ use crate::state::Shared;
 use crate::tenant::{Refusal, Tenant, TenantPermit};
 use crate::timer;
 use crate::upgrade;
-use crate::upstream::SendError;
+use crate::upstream::{SendError, Transport};
 
 /// The body of every response the router sends: the upstream's, streamed (its guard holding
 /// the endpoint's and the tenant's in-flight counts, and counting it when it ends), or the
@@ -339,16 +339,19 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let conn = self.clone();
-        Box::pin(async move {
-            let _busy = conn.activity.as_ref().map(Busy::enter);
-            Ok(handle(&conn, req).await)
-        })
+        Box::pin(handle(self.clone(), req))
     }
 }
 
-/// Serves one request end to end. Never fails: every error becomes a response.
-pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyBody> {
+/// Serves one request end to end. Never fails: every error becomes a response (the `Result`
+/// is the service's). It is the boxed service future itself, with no `async` block around
+/// it: a wrapper would move this large future once more when it first awaits it.
+pub async fn handle(
+    conn: Proxy,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let conn = &conn;
+    let _busy = conn.activity.as_ref().map(Busy::enter);
     let shared: &Shared = &conn.shared;
     let remote = conn.remote;
     let start = Instant::now();
@@ -569,21 +572,34 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
                 }
                 Deadline::Elapsed
             });
-            let (served_by, result, complete) = forward(
-                &route,
-                target,
-                fallbacks,
-                &mut out,
-                Arrival {
-                    version: downstream_version,
-                    grpc,
-                    upgrade: upgrade.is_some(),
-                    has_host,
-                    start,
-                },
-                deadline,
-            )
-            .await;
+            let arrival = Arrival {
+                version: downstream_version,
+                grpc,
+                upgrade: upgrade.is_some(),
+                has_host,
+                start,
+            };
+            // Sent to `target`, then along the route's fallback chain while a cluster could
+            // not take it, all within `deadline`. Awaited here rather than in a function of
+            // its own: each level of `async fn` copies the upstream's response once more on
+            // its way out.
+            let mut deadline = deadline;
+            let sent = send_to_cluster(&route, target, &mut out, arrival, deadline.as_mut()).await;
+            let (served_by, result, complete) = match sent {
+                Ok(resp) => (target, Ok(resp), true),
+                Err(Failure::Answered(err)) => (target, Err(err), out.is_complete()),
+                Err(Failure::Skipped(why)) if route.fallbacks.is_empty() => {
+                    (target, Err(why), out.is_complete())
+                }
+                // Boxed: the fallback chain is the cold path, and the common future stays
+                // small.
+                Err(Failure::Skipped(why)) => {
+                    Box::pin(fall_back(
+                        &route, target, fallbacks, &mut out, why, arrival, deadline,
+                    ))
+                    .await
+                }
+            };
             (
                 served_by,
                 result,
@@ -690,7 +706,7 @@ pub async fn handle(conn: &Proxy, mut req: Request<Incoming>) -> Response<ProxyB
             ..facts
         });
     }
-    response
+    Ok(response)
 }
 
 /// The tenant checks of the admission phase: the route allows the request's tenant, and
@@ -731,7 +747,7 @@ fn unrouted(
     req: &Request<Incoming>,
     (grpc, start, span): (bool, Instant, Option<RequestSpan>),
     served_by: Option<&HeaderValue>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Infallible> {
     let mut resp = err.into_response(key, grpc);
     // A malformed request ends its connection: what follows it cannot be trusted.
     let complete = req.body().is_end_stream() && !err.ends_connection();
@@ -758,7 +774,7 @@ fn unrouted(
     if let Some(span) = span {
         span.finish(SpanFacts::own_answer(err, grpc, class, resp.status()));
     }
-    resp.map(Either::Right)
+    Ok(resp.map(Either::Right))
 }
 
 /// An HTTP/1.1 answer sent before the request body was read whole ends the connection:
@@ -957,32 +973,6 @@ impl Outgoing {
     }
 }
 
-/// Sends the request to `target`, then along the route's fallback chain while a cluster
-/// could not take it, all within `deadline`.
-async fn forward<'r, D: Future<Output = Deadline>>(
-    route: &'r Route,
-    target: &'r RouteTarget,
-    fallbacks: &'r [RouteTarget],
-    out: &mut Outgoing,
-    arrival: Arrival,
-    mut deadline: Pin<&mut D>,
-) -> Forwarded<'r> {
-    match send_to_cluster(route, target, out, arrival, deadline.as_mut()).await {
-        Ok(resp) => (target, Ok(resp), true),
-        Err(Failure::Answered(err)) => (target, Err(err), out.is_complete()),
-        Err(Failure::Skipped(why)) if route.fallbacks.is_empty() => {
-            (target, Err(why), out.is_complete())
-        }
-        // Boxed: the fallback chain is the cold path, and the common future stays small.
-        Err(Failure::Skipped(why)) => {
-            Box::pin(fall_back(
-                route, target, fallbacks, out, why, arrival, deadline,
-            ))
-            .await
-        }
-    }
-}
-
 /// Tries each fallback cluster in turn (never the one just tried). When none takes the
 /// request, the answer is why the last one could not.
 async fn fall_back<'r, D: Future<Output = Deadline>>(
@@ -1129,19 +1119,16 @@ async fn send_to_cluster<D: Future<Output = Deadline>>(
         if tries == 1 {
             target.metrics.handles().overhead(sent_at - start);
         }
-        let upgrade = arrival.upgrade;
+        let transport = if arrival.upgrade {
+            Transport::Upgrade
+        } else if use_h2 {
+            Transport::Http2
+        } else {
+            Transport::Http1
+        };
         // Pinned where they are built: `select!` then polls them in place instead of moving
         // them into its own state.
-        let send = pin!(async move {
-            if upgrade {
-                // Boxed: the rare upgrade keeps the future of every other request small.
-                Box::pin(host.pool.send_upgrade(req, timeout, pending)).await
-            } else if use_h2 {
-                host.pool.send_http2(req, timeout, pending).await
-            } else {
-                host.pool.send_http1(req, timeout, pending).await
-            }
-        });
+        let send = pin!(host.pool.send(req, transport, timeout, pending));
         let per_try = pin!(async {
             match policy.and_then(|p| p.per_try_timeout) {
                 Some(limit) => timer::sleep_until(sent_at + limit).await,

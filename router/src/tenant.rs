@@ -149,7 +149,9 @@ fn origin() -> Instant {
 /// Nanoseconds from the clock's origin to `now` (the request's arrival, read once for the
 /// whole request: the bucket needs no clock of its own).
 fn nanos_at(now: Instant) -> u64 {
-    now.saturating_duration_since(origin()).as_nanos() as u64
+    // Seconds and nanoseconds apart: `as_nanos` would widen to `u128` and back.
+    let since = now.saturating_duration_since(origin());
+    since.as_secs() * 1_000_000_000 + u64::from(since.subsec_nanos())
 }
 
 #[cfg(test)]

@@ -62,6 +62,17 @@ pub enum SendError {
     Overloaded(Box<Request<RequestBody>>),
 }
 
+/// How [`Pool::send`] sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 on a pooled connection.
+    Http1,
+    /// HTTP/2 on the worker's multiplexed connection.
+    Http2,
+    /// An HTTP/1.1 upgrade on a connection of its own.
+    Upgrade,
+}
+
 /// A circuit breaker's limit on the requests of a cluster waiting for a new connection.
 #[derive(Debug, Clone, Copy)]
 pub struct PendingLimit<'a> {
@@ -240,30 +251,58 @@ impl Pool {
         &self.slots[index % self.slots.len()]
     }
 
-    /// Sends `req` over HTTP/1.1 (origin-form URI, `Host` set), reusing an idle connection
-    /// when there is one; a new one is opened only within `pending`'s limit.
-    pub async fn send_http1(
+    /// Sends `req` the way `transport` says, each way's pooled fast path inline: one future
+    /// for every way, so that the request path awaits it directly instead of wrapping a
+    /// choice of three futures in a fourth (each wrapper a copy of the request and of the
+    /// inner future). A new connection is opened only within `pending`'s limit.
+    ///
+    /// - [`Transport::Http1`]: origin-form URI, `Host` set; an idle connection is reused.
+    /// - [`Transport::Http2`]: h2c or h2 (absolute URI) on this worker's multiplexed
+    ///   connection.
+    /// - [`Transport::Upgrade`]: see [`Pool::send_upgrade`].
+    pub async fn send(
         &self,
         req: Request<RequestBody>,
+        transport: Transport,
         connect_timeout: Duration,
         pending: Option<PendingLimit<'_>>,
     ) -> Result<Response<Incoming>, SendError> {
-        let req = match self.checkout_h1() {
-            Some((mut conn, epoch)) => match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    self.checkin_h1(conn, epoch);
-                    return Ok(resp);
-                }
-                Err(mut err) => match err.take_message() {
-                    // The connection closed before taking the request: open a fresh one.
-                    Some(back) => back,
-                    None => return Err(SendError::Exchange(err.into_error())),
-                },
-            },
-            None => req,
-        };
-        // The cold path is boxed so that the future of every pooled request stays small.
-        Box::pin(self.open_http1(req, connect_timeout, pending)).await
+        match transport {
+            Transport::Http1 => {
+                let req = match self.checkout_h1() {
+                    Some((mut conn, epoch)) => match conn.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.checkin_h1(conn, epoch);
+                            return Ok(resp);
+                        }
+                        Err(mut err) => match err.take_message() {
+                            // The connection closed before taking the request: open a fresh
+                            // one.
+                            Some(back) => back,
+                            None => return Err(SendError::Exchange(err.into_error())),
+                        },
+                    },
+                    None => req,
+                };
+                // The cold paths are boxed so that the future of every pooled request stays
+                // small.
+                Box::pin(self.open_http1(req, connect_timeout, pending)).await
+            }
+            Transport::Http2 => {
+                let req = match self.live_h2() {
+                    Some(mut conn) => match conn.try_send_request(req).await {
+                        Ok(resp) => return Ok(resp),
+                        Err(mut err) => match err.take_message() {
+                            Some(back) => back,
+                            None => return Err(SendError::Exchange(err.into_error())),
+                        },
+                    },
+                    None => req,
+                };
+                Box::pin(self.open_http2(req, connect_timeout, pending)).await
+            }
+            Transport::Upgrade => Box::pin(self.send_upgrade(req, connect_timeout, pending)).await,
+        }
     }
 
     async fn open_http1(
@@ -314,7 +353,7 @@ impl Pool {
     /// Sends an HTTP/1.1 upgrade request (`Connection: upgrade`) on a connection of its
     /// own, never pooled: after a `101` the connection belongs to the tunnel, and after any
     /// other answer it ends with the response.
-    pub async fn send_upgrade(
+    async fn send_upgrade(
         &self,
         req: Request<RequestBody>,
         connect_timeout: Duration,
@@ -385,27 +424,6 @@ impl Pool {
             opened.map_err(DialError::Handshake)?,
             Some(established.handshaken),
         ))
-    }
-
-    /// Sends `req` over h2c (absolute URI), on this worker's multiplexed connection; a new
-    /// one is opened only within `pending`'s limit.
-    pub async fn send_http2(
-        &self,
-        req: Request<RequestBody>,
-        connect_timeout: Duration,
-        pending: Option<PendingLimit<'_>>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let req = match self.live_h2() {
-            Some(mut conn) => match conn.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut err) => match err.take_message() {
-                    Some(back) => back,
-                    None => return Err(SendError::Exchange(err.into_error())),
-                },
-            },
-            None => req,
-        };
-        Box::pin(self.open_http2(req, connect_timeout, pending)).await
     }
 
     async fn open_http2(
