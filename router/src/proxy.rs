@@ -834,7 +834,9 @@ struct SavedHead {
 
 impl Outgoing {
     /// The request of a route: replayable when the route retries. The receiver resolves
-    /// when the client's body has been read whole (`None`: there is none).
+    /// when the client's body has been read whole (`None`: there is none). Inlined: built
+    /// where the caller keeps it, not copied there.
+    #[inline]
     fn new(
         route: &Route,
         parts: http::request::Parts,
