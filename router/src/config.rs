@@ -149,7 +149,8 @@ pub struct Config {
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
 
-    /// Time a client has to send a complete HTTP/1.1 request head, in milliseconds; 0
+    /// Time a client has to send a complete HTTP/1.1 request head, in milliseconds (and,
+    /// once it has, the first chunk of a chunked body: past it, 408 `request_timeout`); 0
     /// disables the limit.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub header_read_timeout_ms: u64,

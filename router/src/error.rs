@@ -80,6 +80,10 @@ pub enum ProxyError {
     /// `Content-Length`, or counted as it streamed).
     #[error("the request body is larger than the route allows")]
     RequestBodyTooLarge,
+    /// The first chunk of an HTTP/1.1 chunked body did not come within the header-read
+    /// timeout (it is read before anything goes upstream): answered 408, connection closed.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
 }
 
 impl ProxyError {
@@ -91,6 +95,7 @@ impl ProxyError {
             | ProxyError::MalformedRequest => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RequestBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::TenantNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -126,6 +131,7 @@ impl ProxyError {
             ProxyError::MalformedRequest => "malformed_request",
             ProxyError::HeadersTooLarge => "request_headers_too_large",
             ProxyError::RequestBodyTooLarge => "request_body_too_large",
+            ProxyError::RequestTimeout => "request_timeout",
         }
     }
 
@@ -141,7 +147,7 @@ impl ProxyError {
             ProxyError::RateLimited(_) => 8,    // RESOURCE_EXHAUSTED
             ProxyError::TenantOverloaded => 14, // UNAVAILABLE
             ProxyError::UnknownRoutingKey => 5, // NOT_FOUND
-            ProxyError::UpstreamTimeout => 4,   // DEADLINE_EXCEEDED
+            ProxyError::UpstreamTimeout | ProxyError::RequestTimeout => 4, // DEADLINE_EXCEEDED
             ProxyError::UpgradeNotSupported => 12, // UNIMPLEMENTED
             ProxyError::UpstreamConnect
             | ProxyError::UpstreamProtocol
@@ -156,7 +162,9 @@ impl ProxyError {
     pub fn ends_connection(self) -> bool {
         matches!(
             self,
-            ProxyError::MalformedRequest | ProxyError::RequestBodyTooLarge
+            ProxyError::MalformedRequest
+                | ProxyError::RequestBodyTooLarge
+                | ProxyError::RequestTimeout
         )
     }
 
@@ -171,7 +179,8 @@ impl ProxyError {
             | ProxyError::UpgradeNotSupported
             | ProxyError::MalformedRequest
             | ProxyError::HeadersTooLarge
-            | ProxyError::RequestBodyTooLarge => Fault::Downstream,
+            | ProxyError::RequestBodyTooLarge
+            | ProxyError::RequestTimeout => Fault::Downstream,
             ProxyError::Overloaded | ProxyError::TenantOverloaded | ProxyError::RateLimited(_) => {
                 Fault::Internal
             }

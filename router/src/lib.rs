@@ -200,6 +200,8 @@ impl Router {
             tracer,
             workers,
             max_request_headers: config.max_request_headers as usize,
+            header_read_timeout: (config.header_read_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.header_read_timeout_ms)),
         };
         let shared = match config.source() {
             Source::File(path) => {

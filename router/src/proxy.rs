@@ -481,17 +481,28 @@ pub async fn handle(
         Ok(tenant_permit) => 'forward: {
             let (mut parts, mut body) = req.into_parts();
             // An HTTP/1.1 chunked body: its first chunk is read before anything goes
-            // upstream, so that a malformed one is refused with nothing forwarded.
+            // upstream, so that a malformed one is refused with nothing forwarded, and it
+            // must come within the header-read timeout, like the head before it.
             let first = if parts.version < Version::HTTP_2
                 && !body.is_end_stream()
                 && body.size_hint().exact().is_none()
             {
-                match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                    Some(Ok(frame)) => Some(frame),
-                    None => None,
-                    Some(Err(e)) => {
+                let read = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                let read = match shared.settings.header_read_timeout {
+                    Some(limit) => tokio::time::timeout(limit, read).await,
+                    None => Ok(read.await),
+                };
+                match read {
+                    Ok(Some(Ok(frame))) => Some(frame),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) => {
                         tracing::debug!(client = %remote, error = %e, "request body refused");
                         let err = ProxyError::MalformedRequest;
+                        break 'forward (&route.targets[0], Err(err), false, None, None, None);
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %remote, "request body's first chunk not sent in time");
+                        let err = ProxyError::RequestTimeout;
                         break 'forward (&route.targets[0], Err(err), false, None, None, None);
                     }
                 }

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderName;
@@ -63,6 +64,9 @@ pub struct ProxySettings {
     /// Most header fields in a request (hyper enforces it for HTTP/1.1, the proxy for
     /// HTTP/2).
     pub max_request_headers: usize,
+    /// The header-read timeout, which also bounds the wait for the first chunk of an
+    /// HTTP/1.1 chunked body (read before anything goes upstream); `None`: no limit.
+    pub header_read_timeout: Option<Duration>,
 }
 
 impl ProxySettings {
@@ -77,6 +81,7 @@ impl ProxySettings {
             tracer: None,
             workers,
             max_request_headers: 100,
+            header_read_timeout: Some(Duration::from_secs(30)),
         }
     }
 }

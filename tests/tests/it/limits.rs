@@ -185,6 +185,33 @@ async fn a_head_not_finished_within_the_header_read_timeout_is_closed() {
 }
 
 #[tokio::test]
+async fn a_chunked_body_whose_first_chunk_never_comes_is_answered_408_and_closed() {
+    let _trace = trace_init();
+    let (router, fake) = router_with(&["--header-read-timeout-ms", "300"]).await;
+    let mut conn = RawConn::connect(router.proxy_addr).await;
+    // The whole head of a chunked upload, then not a byte of its body: the first chunk is
+    // read before anything goes upstream, and is waited for no longer than the head.
+    conn.send(
+        b"POST / HTTP/1.1\r\nHost: a\r\nx-routing-key: k\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await;
+    let resp = conn
+        .response("the router's answer to a body that never starts")
+        .await;
+    assert_status(&resp, 408, "a chunked body that never starts");
+    let text = String::from_utf8_lossy(&resp.body);
+    assert!(text.contains("request_timeout"), "{text}");
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "the body is unread"
+    );
+    conn.wait_for_close("the router to close the connection after its 408")
+        .await;
+    assert_eq!(fake.requests(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
 async fn a_partial_http2_preface_is_closed_by_the_header_read_timeout() {
     let _trace = trace_init();
     let (router, _fake) = router_with(&["--header-read-timeout-ms", "300"]).await;
