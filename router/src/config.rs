@@ -284,6 +284,12 @@ impl Config {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
+
+    /// The header-read timeout (`None` when `--header-read-timeout-ms` is 0).
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.header_read_timeout_ms))
+    }
 }
 
 #[cfg(test)]

@@ -200,8 +200,7 @@ impl Router {
             tracer,
             workers,
             max_request_headers: config.max_request_headers as usize,
-            header_read_timeout: (config.header_read_timeout_ms > 0)
-                .then(|| Duration::from_millis(config.header_read_timeout_ms)),
+            header_read_timeout: config.header_read_timeout(),
         };
         let shared = match config.source() {
             Source::File(path) => {
@@ -320,8 +319,7 @@ impl Router {
         } = self;
         let stop_proxy = CancellationToken::new();
         let options = server::ServeOptions {
-            header_read_timeout: (config.header_read_timeout_ms > 0)
-                .then(|| Duration::from_millis(config.header_read_timeout_ms)),
+            header_read_timeout: config.header_read_timeout(),
             drain_timeout: config.drain_timeout(),
             idle_timeout: (config.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.idle_timeout_ms)),

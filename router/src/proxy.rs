@@ -488,8 +488,13 @@ pub async fn handle(
                 && body.size_hint().exact().is_none()
             {
                 let read = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                // The worker's request timer, like the route timeout's (see `timer`).
                 let read = match shared.settings.header_read_timeout {
-                    Some(limit) => tokio::time::timeout(limit, read).await,
+                    Some(limit) => tokio::select! {
+                        biased;
+                        read = read => Ok(read),
+                        () = timer::sleep(limit) => Err(()),
+                    },
                     None => Ok(read.await),
                 };
                 match read {
@@ -568,7 +573,7 @@ pub async fn handle(
             // route timeout covers connect attempts, fallbacks and the wait for response
             // headers, and starts once the request body has been read: a client still
             // uploading is not a slow model server.
-            let deadline = pin!(async {
+            let mut deadline = pin!(async {
                 if let Some(done) = upload_done {
                     match done.await {
                         Ok(Upload::Failed) => return Deadline::ClientBodyFailed,
@@ -594,7 +599,6 @@ pub async fn handle(
             // not take it, all within `deadline`. Awaited here rather than in a function of
             // its own: each level of `async fn` copies the upstream's response once more on
             // its way out.
-            let mut deadline = deadline;
             let sent = send_to_cluster(&route, target, &mut out, arrival, deadline.as_mut()).await;
             let (served_by, result, complete) = match sent {
                 Ok(resp) => (target, Ok(resp), true),

@@ -259,7 +259,8 @@ impl Pool {
     /// - [`Transport::Http1`]: origin-form URI, `Host` set; an idle connection is reused.
     /// - [`Transport::Http2`]: h2c or h2 (absolute URI) on this worker's multiplexed
     ///   connection.
-    /// - [`Transport::Upgrade`]: see [`Pool::send_upgrade`].
+    /// - [`Transport::Upgrade`]: an HTTP/1.1 upgrade on a connection of its own, never
+    ///   pooled.
     pub async fn send(
         &self,
         req: Request<RequestBody>,

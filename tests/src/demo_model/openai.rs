@@ -400,23 +400,35 @@ fn stream(events: Vec<Value>, pacing: Pacing) -> Response<Body> {
         .collect();
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let count = frames.len();
-    let paced =
-        futures_util::stream::unfold((frames.into_iter(), 0usize), move |(mut frames, i)| {
-            let pacing = pacing.clone();
-            async move {
-                let frame = frames.next()?;
-                // [DONE] follows the last chunk at once; every other event waits its turn.
-                if i > 0 && i + 1 < count {
-                    match &pacing {
-                        Pacing::Delay(delay) if delay.is_zero() => {}
-                        // The demo's generation pace, not a wait for anything.
-                        Pacing::Delay(delay) => tokio::time::sleep(*delay).await,
-                        Pacing::Stepped(steps) => steps.take().await,
-                    }
+    // The demo's generation pace (`--token-delay-ms`, for people watching the quickstart):
+    // a clock ticking once per delay from the first event on, not a wait for anything.
+    let clock = match &pacing {
+        Pacing::Delay(delay) if !delay.is_zero() => {
+            let mut clock = tokio::time::interval_at(tokio::time::Instant::now() + *delay, *delay);
+            clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some(clock)
+        }
+        _ => None,
+    };
+    let state = (frames.into_iter(), 0usize, clock);
+    let paced = futures_util::stream::unfold(state, move |(mut frames, i, mut clock)| {
+        let pacing = pacing.clone();
+        async move {
+            let frame = frames.next()?;
+            // [DONE] follows the last chunk at once; every other event waits its turn.
+            if i > 0 && i + 1 < count {
+                if let Some(clock) = &mut clock {
+                    clock.tick().await;
+                } else if let Pacing::Stepped(steps) = &pacing {
+                    steps.take().await;
                 }
-                Some((Ok::<_, BoxError>(Frame::data(frame)), (frames, i + 1)))
             }
-        });
+            Some((
+                Ok::<_, BoxError>(Frame::data(frame)),
+                (frames, i + 1, clock),
+            ))
+        }
+    });
     let mut resp = Response::new(StreamBody::new(paced).boxed_unsync());
     let headers = resp.headers_mut();
     headers.insert(
